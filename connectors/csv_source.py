@@ -1,0 +1,85 @@
+"""``timestamp,value`` CSV files as a source of samples (replays, demos, backtests).
+
+Timestamps may be Unix seconds, Unix milliseconds or ISO 8601 / ``YYYY-MM-DD HH:MM:SS`` (NAB's format,
+read as UTC). A header line is optional. Any bad line is an error naming the file and line: a replay
+that silently skips data would judge something else than the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engine.errors import VigilError
+
+MAX_ROWS = 10_000_000
+MAX_LINE = 4096
+_MS_THRESHOLD = 100_000_000_000  # numbers above this are milliseconds (year 5138 in seconds)
+
+
+class CsvError(VigilError):
+    pass
+
+
+def parse_timestamp(text: str) -> int:
+    """Unix milliseconds of a CSV timestamp.
+
+    >>> parse_timestamp("2014-04-10 00:02:00")
+    1397088120000
+    >>> parse_timestamp("1397088120")
+    1397088120000
+    >>> parse_timestamp("1397088120000")
+    1397088120000
+    """
+    text = text.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"timestamp {text!r} is not a valid time")
+        return int(number if number > _MS_THRESHOLD else number * 1000)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def read_points(path: Path) -> list[tuple[int, float]]:
+    """All (Unix ms, value) rows of a CSV file, checked: finite values, strictly increasing time."""
+    points: list[tuple[int, float]] = []
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise CsvError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with handle:
+        try:
+            for line, row in enumerate(csv.reader(handle), start=1):
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != 2:
+                    raise CsvError(f"{path}:{line}: expected 2 columns (timestamp,value), got {len(row)}")
+                if sum(len(c) for c in row) > MAX_LINE:
+                    raise CsvError(f"{path}:{line}: line longer than {MAX_LINE} characters")
+                if line == 1 and row[0].strip().lower() in {"timestamp", "time", "ts"}:
+                    continue
+                try:
+                    ts = parse_timestamp(row[0])
+                    value = float(row[1])
+                except ValueError as exc:
+                    raise CsvError(f"{path}:{line}: {exc}") from None
+                if not math.isfinite(value):
+                    raise CsvError(f"{path}:{line}: value {row[1].strip()!r} is not a finite number")
+                if points and ts <= points[-1][0]:
+                    raise CsvError(f"{path}:{line}: timestamps must increase ({row[0].strip()})")
+                points.append((ts, value))
+                if len(points) > MAX_ROWS:
+                    raise CsvError(f"{path}: more than {MAX_ROWS} rows")
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise CsvError(f"{path}: not a readable CSV file: {exc}") from None
+    if not points:
+        raise CsvError(f"{path}: no data rows")
+    return points

@@ -1,0 +1,108 @@
+"""Talking to Kafka outside Faust: readiness, topic creation, a producer, a verdict follower."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from engine.config import KafkaConfig
+from engine.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+TOPIC_EXISTS = TopicAlreadyExistsError.errno
+
+
+def first_address(bootstrap_servers: str) -> tuple[str, int]:
+    """The first ``host:port`` of a bootstrap list.
+
+    >>> first_address("kafka-1:9092,kafka-2:9092")
+    ('kafka-1', 9092)
+    """
+    host, _, port = bootstrap_servers.split(",")[0].strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def wait_for_port(bootstrap_servers: str, timeout: float) -> None:
+    """Block until the first bootstrap address accepts TCP connections."""
+    host, port = first_address(bootstrap_servers)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"no broker at {host}:{port} after {timeout:.0f}s: {exc}") from None
+            time.sleep(0.05)
+
+
+async def ensure_topics(
+    bootstrap_servers: str, names: Iterable[str], partitions: int, replication: int = 1
+) -> None:
+    """Create the topics that do not exist yet (existing ones are left as they are)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(n, partitions, replication) for n in names if n not in existing]
+        if not wanted:
+            return
+        response = await admin.create_topics(wanted)
+        for topic, code, message in response.topic_errors:
+            if code not in (0, TOPIC_EXISTS):
+                raise BrokerUnavailable(
+                    f"cannot create topic {topic}: error {code} {message}", retriable=False
+                )
+    finally:
+        await admin.close()
+
+
+def topic_names(config: KafkaConfig) -> list[str]:
+    t = config.topics
+    return [t.samples, t.verdicts, t.deadletter]
+
+
+async def start_producer(config: KafkaConfig, **overrides: object) -> AIOKafkaProducer:
+    """A producer that acknowledges only what every in-sync replica has (``acks=all``)."""
+    options: dict[str, object] = {
+        "bootstrap_servers": config.bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": 2,
+        "max_batch_size": 1024 * 1024,
+        "max_request_size": 8 * 1024 * 1024,
+        "request_timeout_ms": int(config.ack_timeout_s * 1000),
+    }
+    options.update(overrides)
+    producer = AIOKafkaProducer(**options)
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise BrokerUnavailable(f"cannot reach Kafka at {config.bootstrap_servers}: {exc}") from exc
+    return producer
+
+
+async def follow(config: KafkaConfig, topic: str, *, from_beginning: bool) -> AsyncIterator[bytes]:
+    """Yield every record value of ``topic`` as it arrives (no consumer group, nothing committed)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=config.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    try:
+        async for record in consumer:
+            if record.value is not None:
+                yield record.value
+    finally:
+        await consumer.stop()

@@ -1,0 +1,269 @@
+"""Vigil's configuration: YAML validated once at start-up into frozen objects.
+
+Every value can be overridden from the environment: ``VIGIL_`` + the key path joined by ``__``, for example
+``VIGIL_KAFKA__BOOTSTRAP_SERVERS=kafka:9092`` or ``VIGIL_RECEIVER__PORT=9301``. Secrets are ``SecretStr``
+(never printed) and may also be read from files (``*_file`` keys).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from engine.errors import ConfigError
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MetricType(StrEnum):
+    ERRORS = "errors"
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+    SATURATION = "saturation"
+    CUSTOM = "custom"
+
+
+class Direction(StrEnum):
+    """Which deviation is bad: only those raise anomalies."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+    BOTH = "both"
+
+
+class Sensitivity(StrEnum):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class Topics(Frozen):
+    samples: str = "vigil.samples"
+    verdicts: str = "vigil.verdicts"
+    deadletter: str = "vigil.deadletter"
+
+
+class KafkaConfig(Frozen):
+    bootstrap_servers: str = Field(
+        default="", description="host:port[,host:port]; empty starts the embedded broker"
+    )
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    topics: Topics = Topics()
+    app_id: str = Field(default="vigil", pattern=r"^[A-Za-z0-9._-]+$")
+    embedded_quirks: bool = Field(
+        default=False,
+        description="work around the embedded broker's bugs; set automatically for the embedded broker",
+    )
+    ack_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.bootstrap_servers.strip()
+
+
+class LabelsConfig(Frozen):
+    service: str = Field(default="job", min_length=1)
+    instance: str = Field(default="instance", min_length=1)
+    default_service: str | None = Field(
+        default=None, description="service for series without the service label"
+    )
+
+
+class MetricRule(Frozen):
+    """Metric name regex → how to judge it. The first rule that matches wins."""
+
+    match: str
+    type: MetricType = MetricType.CUSTOM
+    direction: Direction = Direction.BOTH
+    detector: Literal["zscore"] = "zscore"
+    sensitivity: Sensitivity = Sensitivity.MEDIUM
+    min_abs_deviation: float = Field(
+        default=0.0, ge=0, description="deviations smaller than this never alarm"
+    )
+    min_rel_deviation: float = Field(
+        default=0.05, ge=0, description="deviations below this share of the level never alarm"
+    )
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(self.match)
+
+
+DEFAULT_RULES = (
+    MetricRule(match=r".*(error|fail|5xx).*", type=MetricType.ERRORS, direction=Direction.HIGHER),
+    MetricRule(match=r".*(duration|latency|seconds).*", type=MetricType.LATENCY, direction=Direction.HIGHER),
+    MetricRule(match=r".*(requests|ops|throughput).*", type=MetricType.THROUGHPUT, direction=Direction.BOTH),
+    MetricRule(match=r".*", type=MetricType.CUSTOM, direction=Direction.BOTH),
+)
+
+
+class DetectionConfig(Frozen):
+    warmup: int = Field(default=30, ge=2, description="samples a model learns before it may alarm")
+    half_life: float = Field(
+        default=120.0,
+        gt=1,
+        description="samples after which an old observation weighs half (the baseline's memory)",
+    )
+    open_after: int = Field(default=3, ge=1, description="consecutive anomalous samples that open an anomaly")
+    resolve_after: int = Field(default=5, ge=1, description="consecutive normal samples that resolve it")
+    checkpoint_interval_s: float = Field(default=30.0, gt=0)
+    max_future_s: float = Field(default=600.0, ge=0, description="samples further in the future are refused")
+
+
+class AuthConfig(Frozen):
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    basic_username: str | None = None
+    basic_password: SecretStr | None = None
+    basic_password_file: Path | None = None
+
+
+class TLSConfig(Frozen):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _both_or_none(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls needs both cert_file and key_file, or neither")
+        return self
+
+
+class ReceiverConfig(Frozen):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9201, ge=0, le=65535)
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="largest decompressed request body"
+    )
+    max_in_flight_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="budget of bodies being handled"
+    )
+    max_labels: int = Field(default=64, ge=1)
+    max_label_name_length: int = Field(default=256, ge=1)
+    max_label_value_length: int = Field(default=4096, ge=1)
+    quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)
+    auth: AuthConfig = AuthConfig()
+    tls: TLSConfig = TLSConfig()
+
+    @field_validator("quantiles")
+    @classmethod
+    def _in_unit_interval(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0 < q < 1 for q in value):
+            raise ValueError("quantiles must be a non-empty list of numbers between 0 and 1 (exclusive)")
+        return value
+
+
+class PollerConfig(Frozen):
+    """Reserved for the PromQL poller (not built yet): must stay disabled."""
+
+    enabled: Literal[False] = False
+
+
+class ApiConfig(Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9202, ge=0, le=65535)
+
+
+class VigilConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaConfig = KafkaConfig()
+    labels: LabelsConfig = LabelsConfig()
+    rules: tuple[MetricRule, ...] = DEFAULT_RULES
+    detection: DetectionConfig = DetectionConfig()
+    receiver: ReceiverConfig = ReceiverConfig()
+    poller: PollerConfig = PollerConfig()
+    api: ApiConfig = ApiConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (passed as init values).
+        return env_settings, init_settings
+
+    def rule_for(self, metric: str) -> MetricRule:
+        for rule in self.rules:
+            if rule.pattern.fullmatch(metric):
+                return rule
+        return DEFAULT_RULES[-1]
+
+
+def load_config(path: Path | None) -> VigilConfig:
+    """Read, validate and freeze the configuration. Raises :class:`ConfigError` with a readable message."""
+    where = str(path) if path else "<defaults>"
+    data: Any = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML: {exc}".replace("\n", " ")) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{where}: expected a mapping of sections at the top, got {type(data).__name__}"
+            )
+    try:
+        return VigilConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(where, exc)) from None
+
+
+def _describe(where: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r:.80})"
+        lines.append(f"{where}: {path}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def redacted(config: VigilConfig) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets masked."""
+    dumped: dict[str, Any] = config.model_dump(mode="json")
+    return dumped

@@ -1,0 +1,68 @@
+"""Verdict events on ``vigil.verdicts``: CloudEvents 1.0, JSON structured mode.
+
+Event ids are derived from what the event is about (series, kind, window start), so a record processed
+twice after a restart (delivery is at-least-once) produces the same id and consumers can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from engine.config import MetricRule
+from engine.guard import Transition
+
+SOURCE = "/vigil/guard"
+TYPE_PREFIX = "vigil."
+
+
+def iso(ts_ms: int) -> str:
+    """RFC 3339 time of a Unix-ms timestamp.
+
+    >>> iso(0)
+    '1970-01-01T00:00:00.000Z'
+    """
+    return (
+        datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def anomaly_event(
+    service: str, metric: str, instance: str, rule: MetricRule, t: Transition
+) -> dict[str, Any]:
+    kind = f"anomaly.{t.kind}"
+    ident = hashlib.sha256(
+        "\x1f".join((service, metric, instance, kind, str(t.window_start_ms))).encode()
+    ).hexdigest()[:32]
+    return {
+        "specversion": "1.0",
+        "id": ident,
+        "source": SOURCE,
+        "type": TYPE_PREFIX + kind,
+        "subject": f"{service}/{metric}/{instance}",
+        "time": iso(t.ts_ms),
+        "datacontenttype": "application/json",
+        "data": {
+            "service": service,
+            "metric": metric,
+            "instance": instance,
+            "score": round(t.score, 6),
+            "peak_score": round(t.peak_score, 6),
+            "value": t.value,
+            "expected": {"low": t.expected_low, "high": t.expected_high},
+            "window": {
+                "start": iso(t.window_start_ms),
+                "end": iso(t.window_end_ms),
+                "start_ms": t.window_start_ms,
+                "end_ms": t.window_end_ms,
+            },
+            "rule": {"type": rule.type, "direction": rule.direction, "sensitivity": rule.sensitivity},
+        },
+    }
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)

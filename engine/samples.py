@@ -1,0 +1,186 @@
+"""The wire format of ``vigil.samples``: batches of prepared samples, grouped by series.
+
+A message holds the samples of one partition, grouped per series::
+
+    {"v": 1, "series": [{"service": "checkout", "metric": "http_requests_total:rate",
+                         "instance": "10.0.0.7:8080", "points": [[1732530000000, 12.5], ...]}]}
+
+Timestamps are Unix milliseconds. A ``null`` value is a stale marker: the series ended there.
+Every series of one analysis key (service, metric) lands in the same partition, chosen with Kafka's own
+murmur2 partitioner on :func:`analysis_key`, so producers that key single-series messages by the analysis
+key and producers that batch per partition agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.errors import BadRecord
+
+WIRE_VERSION = 1
+MAX_NAME_LENGTH = 4096
+
+Point = tuple[int, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Prepared points of one (service, metric, instance), in time order. ``None`` marks staleness."""
+
+    service: str
+    metric: str
+    instance: str
+    points: Sequence[Point]
+
+    @property
+    def key(self) -> bytes:
+        return analysis_key(self.service, self.metric)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A part of a record that was refused, with the reason; it goes to the dead-letter topic."""
+
+    reason: str
+    payload: Any
+
+
+def analysis_key(service: str, metric: str) -> bytes:
+    """The Kafka key of an analysis key.
+
+    >>> analysis_key("checkout", "http_requests_total:rate")
+    b'checkout\\x1fhttp_requests_total:rate'
+    """
+    return f"{service}\x1f{metric}".encode()
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (the Java client's default partitioner), as a positive 31-bit int."""
+    length = len(data)
+    seed = 0x9747B28C
+    m = 0x5BD1E995
+    r = 24
+    h = (seed ^ length) & 0xFFFFFFFF
+    full = length - length % 4
+    for i in range(0, full, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    rest = length % 4
+    if rest == 3:
+        h ^= data[full + 2] << 16
+    if rest >= 2:
+        h ^= data[full + 1] << 8
+    if rest >= 1:
+        h ^= data[full]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h & 0x7FFFFFFF
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key``."""
+    return murmur2(key) % partitions
+
+
+def encode_batch(series: Iterable[Series]) -> bytes:
+    """Encode series as one ``vigil.samples`` message value."""
+    return orjson.dumps(
+        {
+            "v": WIRE_VERSION,
+            "series": [
+                {"service": s.service, "metric": s.metric, "instance": s.instance, "points": s.points}
+                for s in series
+            ],
+        }
+    )
+
+
+def decode_batch(
+    raw: bytes | None, *, now_ms: int, max_future_ms: int
+) -> tuple[list[Series], list[Rejected]]:
+    """Decode and check one message value.
+
+    Raises :class:`BadRecord` when the whole record is unusable (not JSON, wrong shape, wrong version).
+    Series or points that break a rule are returned as :class:`Rejected`; the rest is kept, so one bad
+    point never costs the good ones beside it.
+    """
+    if raw is None:
+        raise BadRecord("empty record (no value)")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRecord(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRecord(f"expected a JSON object, got {type(doc).__name__}")
+    if doc.get("v") != WIRE_VERSION:
+        raise BadRecord(f"unsupported wire version {doc.get('v')!r}, expected {WIRE_VERSION}")
+    items = doc.get("series")
+    if not isinstance(items, list):
+        raise BadRecord("'series' must be a list")
+    kept: list[Series] = []
+    rejected: list[Rejected] = []
+    limit = now_ms + max_future_ms
+    for item in items:
+        try:
+            series, bad_points = _decode_series(item, limit)
+        except BadRecord as exc:
+            rejected.append(Rejected(str(exc), item))
+            continue
+        if bad_points:
+            rejected.append(Rejected(bad_points[0][0], {**item, "points": [p for _, p in bad_points]}))
+        if series.points:
+            kept.append(series)
+    return kept, rejected
+
+
+def _decode_series(item: Any, limit_ms: int) -> tuple[Series, list[tuple[str, Any]]]:
+    if not isinstance(item, dict):
+        raise BadRecord(f"series must be an object, got {type(item).__name__}")
+    names = []
+    for field in ("service", "metric", "instance"):
+        value = item.get(field)
+        if not isinstance(value, str) or len(value) > MAX_NAME_LENGTH:
+            raise BadRecord(f"series field {field!r} must be a string of at most {MAX_NAME_LENGTH} chars")
+        names.append(value)
+    if not names[0] or not names[1]:
+        raise BadRecord("series needs a non-empty service and metric")
+    raw_points = item.get("points")
+    if not isinstance(raw_points, list):
+        raise BadRecord("'points' must be a list")
+    points: list[Point] = []
+    bad: list[tuple[str, Any]] = []
+    for p in raw_points:
+        reason = _point_problem(p, limit_ms)
+        if reason:
+            bad.append((reason, p))
+        else:
+            points.append((p[0], p[1]))
+    return Series(names[0], names[1], names[2], points), bad
+
+
+def _point_problem(p: Any, limit_ms: int) -> str | None:
+    if not isinstance(p, list) or len(p) != 2:
+        return "a point must be [timestamp_ms, value]"
+    ts, value = p
+    if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+        return "timestamp must be a non-negative integer (Unix ms)"
+    if ts > limit_ms:
+        return f"timestamp {ts} is too far in the future"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "value must be a number or null (stale marker)"
+    if not math.isfinite(value):
+        return "value must be finite"
+    return None

@@ -1,0 +1,133 @@
+"""Shared fixtures: a session-wide embedded broker, and per-test pipelines on their own topics."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from connectors.broker import EmbeddedBroker
+from connectors.kafka import ensure_topics, topic_names
+from engine.config import VigilConfig, load_config
+from vigil.runtime import child_env
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+def isolated_config(broker: EmbeddedBroker, **detection: Any) -> VigilConfig:
+    """A configuration with topics and a consumer group of its own, on the session broker."""
+    n = f"t{os.getpid()}x{next(_ids)}"
+    base = load_config(None)
+    kafka = base.kafka.model_copy(
+        update={
+            "bootstrap_servers": broker.bootstrap_servers,
+            "embedded_quirks": True,
+            "app_id": f"vigil-{n}",
+            "topics": base.kafka.topics.model_copy(
+                update={
+                    "samples": f"{n}.samples",
+                    "verdicts": f"{n}.verdicts",
+                    "deadletter": f"{n}.deadletter",
+                }
+            ),
+        }
+    )
+    det = base.detection.model_copy(update=detection)
+    config = base.model_copy(update={"kafka": kafka, "detection": det})
+    asyncio.run(ensure_topics(kafka.bootstrap_servers, topic_names(kafka), kafka.partitions))
+    return config
+
+
+def config_env(config: VigilConfig) -> dict[str, str]:
+    """Environment that makes a child ``vigil`` process use ``config``'s Kafka, topics and detection."""
+    env = child_env(config)
+    k, d = config.kafka, config.detection
+    env |= {
+        "VIGIL_KAFKA__APP_ID": k.app_id,
+        "VIGIL_KAFKA__TOPICS__SAMPLES": k.topics.samples,
+        "VIGIL_KAFKA__TOPICS__VERDICTS": k.topics.verdicts,
+        "VIGIL_KAFKA__TOPICS__DEADLETTER": k.topics.deadletter,
+        "VIGIL_DETECTION__CHECKPOINT_INTERVAL_S": str(d.checkpoint_interval_s),
+        "VIGIL_DETECTION__WARMUP": str(d.warmup),
+    }
+    return env
+
+
+@dataclass
+class Worker:
+    config: VigilConfig
+    process: subprocess.Popen[bytes] | None = None
+    log: list[str] = field(default_factory=list)
+
+    def start(self) -> Worker:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vigil", "worker"], env=config_env(self.config), stdin=subprocess.DEVNULL
+        )
+        return self
+
+    def stop(self, timeout: float = 15) -> int:
+        process, self.process = self.process, None
+        if process is None:
+            return 0
+        process.terminate()
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+
+
+@pytest.fixture
+def worker_factory() -> Iterator[Callable[[VigilConfig], Worker]]:
+    workers: list[Worker] = []
+
+    def make(config: VigilConfig) -> Worker:
+        w = Worker(config).start()
+        workers.append(w)
+        return w
+
+    yield make
+    for w in workers:
+        w.stop()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float
+) -> list[dict[str, Any]]:
+    """Read JSON records of ``topic`` from the start until ``until(records)`` holds or the deadline passes."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=500,  # see partitions of a topic created after we subscribed
+    )
+    await consumer.start()
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                records.extend(orjson.loads(m.value) for m in messages)
+    finally:
+        await consumer.stop()
+    return records

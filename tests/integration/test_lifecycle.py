@@ -1,0 +1,146 @@
+"""Processes start and stop cleanly: no orphaned broker on any exit path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.broker import EmbeddedBroker
+from engine.errors import BrokerUnavailable
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def broker_pids(port: int) -> list[int]:
+    """PIDs of Tansu processes listening on ``port`` (found through /proc, no extra tools)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"tansu" in part for part in cmdline[:1]) and f"127.0.0.1:{port}".encode() in b" ".join(
+            cmdline
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_broker_context_starts_answers_and_stops() -> None:
+    with EmbeddedBroker(["a.topic"], partitions=2) as broker:
+        port = broker.port
+        assert broker.running
+        assert broker_pids(port)
+    assert not broker_pids(port)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, BrokerUnavailable])
+def test_broker_stops_when_start_up_fails(
+    monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
+) -> None:
+    """Ctrl-C or an error while topics are being created: the broker process must not survive it."""
+    started: list[int] = []
+
+    async def failing(servers: str, *args: object) -> None:
+        started.extend(broker_pids(int(servers.rsplit(":", 1)[1])))
+        raise error("topic creation failed")
+
+    monkeypatch.setattr("connectors.broker.ensure_topics", failing)
+    broker = EmbeddedBroker(["a.topic"], partitions=2)
+    with pytest.raises(error):
+        broker.start()
+    assert started, "the broker was never running"
+    assert not broker.running
+    assert not broker_pids(broker.port)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_vigil_run_stops_everything_within_ten_seconds(tmp_path: Path, sig: signal.Signals) -> None:
+    env = dict(os.environ, VIGIL_STATE_DIR=str(tmp_path))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vigil", "run", "-c", str(ROOT / "config" / "vigil.yaml")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    state = tmp_path / "embedded.json"
+    try:
+        assert wait_for(state.exists, 30), "vigil run did not start its broker"
+        port = int(orjson.loads(state.read_bytes())["bootstrap_servers"].rsplit(":", 1)[1])
+        assert broker_pids(port)
+        time.sleep(3)  # let the worker come up: stopping it mid-start is the harder case
+        started = time.monotonic()
+        process.send_signal(sig)
+        output = process.communicate(timeout=15)[0].decode()
+        took = time.monotonic() - started
+        code = process.returncode
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert took < 10, output
+    assert code == 0, output
+    assert not broker_pids(port), "the embedded broker outlived vigil run"
+    assert not state.exists()
+    assert "Traceback" not in output
+
+
+def test_killed_supervisor_takes_the_broker_with_it(tmp_path: Path) -> None:
+    env = dict(os.environ, VIGIL_STATE_DIR=str(tmp_path))
+    process = subprocess.Popen([sys.executable, "-m", "vigil", "run"], env=env, stdout=subprocess.DEVNULL)
+    state = tmp_path / "embedded.json"
+    assert wait_for(state.exists, 30)
+    port = int(orjson.loads(state.read_bytes())["bootstrap_servers"].rsplit(":", 1)[1])
+    process.kill()
+    process.wait()
+    assert wait_for(lambda: not broker_pids(port), 10), "broker orphaned after SIGKILL of its parent"
+
+
+def test_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka:\n  partitions: -3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "vigil", "run", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{bad}: kafka.partitions:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_the_real_pipeline_and_summarises(tmp_path: Path) -> None:
+    env = dict(os.environ, VIGIL_STATE_DIR=str(tmp_path), COLUMNS="160")
+    result = subprocess.run(
+        [sys.executable, "-m", "vigil", "demo", "--seconds", "22"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Summary:" in result.stdout
+    assert "detected:    checkout slow instance" in result.stdout, result.stdout[-3000:]

@@ -1,0 +1,168 @@
+"""The ``vigil`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+import yaml
+
+from engine.config import VigilConfig, load_config, redacted
+from engine.errors import VigilError
+
+app = typer.Typer(
+    help="Vigil: streaming anomaly detection for Prometheus metrics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Work with configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML configuration file (default: built-in defaults).")
+]
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers", help="Kafka to use (default: config, else the running embedded broker)."
+    ),
+]
+
+
+def _load(path: Path | None) -> VigilConfig:
+    try:
+        return load_config(path)
+    except VigilError as exc:
+        typer.echo(f"vigil: configuration error\n{exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"vigil: {exc}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run everything: the embedded broker (unless kafka.bootstrap_servers is set) and the worker."""
+    from vigil.runtime import supervise
+
+    cfg = _load(config)
+    raise typer.Exit(supervise(config, cfg, ["worker"]))
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warn or error")] = "warn",
+) -> None:
+    """Run one worker (Faust) against kafka.bootstrap_servers: judges samples, emits verdicts."""
+    cfg = _load(config)
+    if cfg.kafka.embedded:
+        raise _fail(VigilError("`vigil worker` needs kafka.bootstrap_servers; `vigil run` starts a broker"))
+    from engine.app import run_worker
+
+    sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
+    run_worker(cfg, loglevel=loglevel)
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="CSV file with timestamp,value rows")],
+    service: Annotated[str, typer.Option(help="service of the series")],
+    metric: Annotated[str, typer.Option(help="metric name of the series")],
+    instance: Annotated[str, typer.Option(help="instance of the series")] = "",
+    speed: Annotated[
+        float, typer.Option(help="pace at this multiple of real time; 0 = as fast as possible")
+    ] = 0.0,
+    config: ConfigOption = None,
+    bootstrap_servers: BootstrapOption = None,
+) -> None:
+    """Push a timestamp,value CSV through the running pipeline."""
+    from connectors.csv_source import read_points
+    from connectors.replay import replay as produce
+    from vigil.runtime import resolve_bootstrap, with_kafka
+
+    cfg = _load(config)
+    if speed < 0:
+        raise _fail(VigilError("--speed must be 0 (no pacing) or positive"))
+    try:
+        points = read_points(file)
+        live = with_kafka(cfg, resolve_bootstrap(cfg, bootstrap_servers))
+        sent = asyncio.run(
+            produce(live.kafka, points, service=service, metric=metric, instance=instance, speed=speed)
+        )
+    except VigilError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"replayed {sent} points of {service}/{metric} to {live.kafka.topics.samples}")
+
+
+@app.command()
+def tail(
+    json: Annotated[bool, typer.Option("--json", help="one JSON event per line")] = False,
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="start at the oldest event")
+    ] = False,
+    config: ConfigOption = None,
+    bootstrap_servers: BootstrapOption = None,
+) -> None:
+    """Follow vigil.verdicts and print each event."""
+    from connectors.kafka import follow
+    from vigil.runtime import resolve_bootstrap, with_kafka
+    from vigil.tail import describe
+
+    cfg = _load(config)
+    try:
+        live = with_kafka(cfg, resolve_bootstrap(cfg, bootstrap_servers))
+    except VigilError as exc:
+        raise _fail(exc) from None
+
+    async def loop() -> None:
+        async for raw in follow(live.kafka, live.kafka.topics.verdicts, from_beginning=from_beginning):
+            if json:
+                sys.stdout.write(raw.decode("utf-8", "replace") + "\n")
+            else:
+                try:
+                    sys.stdout.write(describe(orjson.loads(raw)) + "\n")
+                except (orjson.JSONDecodeError, AttributeError):
+                    sys.stdout.write(f"(not an event) {raw[:200]!r}\n")
+            sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(loop())
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="how long to run")] = 60.0,
+    config: ConfigOption = None,
+) -> None:
+    """Stream synthetic metrics with injected incidents through the real pipeline and show the verdicts."""
+    from vigil.demo import run_demo
+
+    cfg = _load(config)
+    if seconds <= 0:
+        raise _fail(VigilError("--seconds must be positive"))
+    raise typer.Exit(run_demo(config, cfg, seconds))
+
+
+@config_app.command("check")
+def config_check(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file")],
+) -> None:
+    """Validate a configuration file and print the effective configuration (secrets masked)."""
+    cfg = _load(config)
+    typer.echo(f"# {config}: valid")
+    typer.echo(yaml.safe_dump(redacted(cfg), sort_keys=False), nl=False)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,173 @@
+"""Running Vigil's parts as processes: the embedded broker, the worker, the ingest server.
+
+``vigil run`` is a small supervisor: it starts the broker (unless one is configured) and the other parts as
+child processes, and stops them all on SIGINT/SIGTERM, on a child's death, or on an error at start-up.
+Each child is also tied to the supervisor's life by the kernel (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import orjson
+
+from connectors.broker import EmbeddedBroker
+from connectors.kafka import ensure_topics, topic_names
+from engine.config import VigilConfig
+from engine.errors import VigilError
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 8.0
+
+
+def state_file() -> Path:
+    base = os.environ.get("VIGIL_STATE_DIR") or Path.home() / ".cache" / "vigil"
+    return Path(base) / "embedded.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def running_embedded() -> str | None:
+    """Bootstrap address of the embedded broker of a running ``vigil run``/``vigil demo``, if any."""
+    try:
+        doc = orjson.loads(state_file().read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(doc, dict) or not _pid_alive(int(doc.get("pid", 0))):
+        return None
+    servers = doc.get("bootstrap_servers")
+    return servers if isinstance(servers, str) else None
+
+
+def resolve_bootstrap(config: VigilConfig, override: str | None = None) -> str:
+    """Where a client command (replay, tail) finds Kafka."""
+    found = override or config.kafka.bootstrap_servers or running_embedded()
+    if not found:
+        raise VigilError(
+            "no Kafka to talk to: start `vigil run` (embedded broker) first, "
+            "or set kafka.bootstrap_servers / --bootstrap-servers"
+        )
+    return found
+
+
+def with_kafka(config: VigilConfig, servers: str, quirks: bool | None = None) -> VigilConfig:
+    kafka = config.kafka.model_copy(
+        update={
+            "bootstrap_servers": servers,
+            "embedded_quirks": config.kafka.embedded_quirks if quirks is None else quirks,
+        }
+    )
+    return config.model_copy(update={"kafka": kafka})
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def child_env(config: VigilConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env["VIGIL_KAFKA__BOOTSTRAP_SERVERS"] = config.kafka.bootstrap_servers
+    env["VIGIL_KAFKA__EMBEDDED_QUIRKS"] = "true" if config.kafka.embedded_quirks else "false"
+    return env
+
+
+def spawn(
+    command: str, config_path: Path | None, config: VigilConfig, *extra: str
+) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "vigil", command, *extra]
+    if config_path is not None:
+        args += ["-c", str(config_path)]
+    return subprocess.Popen(
+        args, env=child_env(config), stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+    )
+
+
+def stop_all(children: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_S) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """Turn SIGTERM into an exception (SIGINT already is one), so every exit path runs the clean-up."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except (_Stop, KeyboardInterrupt):
+        log.info("stopping")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def kafka_for(config: VigilConfig) -> Iterator[VigilConfig]:
+    """The configuration with a reachable Kafka: the configured one, or an embedded broker meanwhile."""
+    if not config.kafka.embedded:
+        yield config
+        return
+    broker = EmbeddedBroker(topic_names(config.kafka), config.kafka.partitions)
+    with broker:
+        path = state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps({"bootstrap_servers": broker.bootstrap_servers, "pid": os.getpid()}))
+        try:
+            yield with_kafka(config, broker.bootstrap_servers, quirks=True)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def supervise(config_path: Path | None, config: VigilConfig, parts: list[str]) -> int:
+    """Run ``parts`` (e.g. ["worker", "ingest"]) until a signal or until one of them exits."""
+    children: list[subprocess.Popen[bytes]] = []
+    with signals_raise(), kafka_for(config) as live:
+        try:
+            if not config.kafka.embedded:
+                k = live.kafka
+                asyncio.run(
+                    ensure_topics(k.bootstrap_servers, topic_names(k), k.partitions, k.replication_factor)
+                )
+            children = [spawn(part, config_path, live) for part in parts]
+            print(f"vigil: running {', '.join(parts)} on Kafka {live.kafka.bootstrap_servers}", flush=True)
+            while all(c.poll() is None for c in children):
+                time.sleep(0.2)
+            failed = [c for c in children if c.returncode]
+            return 1 if failed else 0
+        finally:
+            stop_all(children)
+    return 0

@@ -1,0 +1,25 @@
+"""Printing verdict events for people (``vigil tail``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One line for a CloudEvent from ``vigil.verdicts``."""
+    data = event.get("data") or {}
+    kind = str(event.get("type", "?")).removeprefix("vigil.")
+    where = f"{data.get('service')}/{data.get('metric')}"
+    if data.get("instance"):
+        where += f" [{data['instance']}]"
+    expected = data.get("expected") or {}
+    window = data.get("window") or {}
+    return (
+        f"{event.get('time', '?')}  {kind:<17} {where}  value={_num(data.get('value'))} "
+        f"expected=[{_num(expected.get('low'))}, {_num(expected.get('high'))}] "
+        f"score={_num(data.get('score'))}  window {window.get('start', '?')} → {window.get('end', '?')}"
+    )
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
