@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import pickle
-from importlib.metadata import version
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
 
 import orjson
@@ -43,7 +43,12 @@ def load_checkpoint(blob: bytes) -> dict[str, SeriesGuard]:
         raise CheckpointRefused("not a Vigil checkpoint")
     size = int.from_bytes(blob[len(_MAGIC) : len(_MAGIC) + 4], "big")
     start = len(_MAGIC) + 4
-    header = orjson.loads(blob[start : start + size])
+    try:
+        header = orjson.loads(blob[start : start + size])
+    except orjson.JSONDecodeError:
+        raise CheckpointRefused("checkpoint header is damaged") from None
+    if not isinstance(header, dict):
+        raise CheckpointRefused("checkpoint header is damaged")
     if header.get("format") != CHECKPOINT_FORMAT or header.get("river") != RIVER_VERSION:
         raise CheckpointRefused(
             f"checkpoint format {header.get('format')} / River {header.get('river')} cannot be loaded by "
@@ -99,7 +104,7 @@ class ModelBank:
             return {}
         try:
             return load_checkpoint(blob)
-        except (CheckpointRefused, pickle.UnpicklingError, ValueError, EOFError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any damaged checkpoint must only cost its own key
             self.refused_checkpoints += 1
             log.error("checkpoint of %r refused, starting fresh models: %s", key, exc)
             return {}

@@ -228,15 +228,24 @@ class VigilConfig(BaseSettings):
         return DEFAULT_RULES[-1]
 
 
+MAX_FILE_BYTES = 1024 * 1024
+
+
 def load_config(path: Path | None) -> VigilConfig:
     """Read, validate and freeze the configuration. Raises :class:`ConfigError` with a readable message."""
     where = str(path) if path else "<defaults>"
     data: Any = {}
     if path is not None:
         try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise ConfigError(
+                    f"{where}: larger than {MAX_FILE_BYTES} bytes; is this a configuration file?"
+                )
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{where}: cannot read: not UTF-8 text ({exc.reason})") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from engine.config import load_config
+from engine.events import anomaly_event, iso
+from engine.guard import Transition, TransitionKind
+from vigil.tail import describe
+
+
+def transition(kind: TransitionKind = TransitionKind.OPENED) -> Transition:
+    return Transition(
+        kind=kind,
+        ts_ms=1_700_000_060_000,
+        value=12.5,
+        score=0.9995,
+        peak_score=0.9999,
+        expected_low=float("-inf"),
+        expected_high=3.2,
+        window_start_ms=1_700_000_030_000,
+        window_end_ms=1_700_000_060_000,
+    )
+
+
+def test_anomaly_event_is_a_cloudevent_with_evidence() -> None:
+    rule = load_config(None).rule_for("http_errors_total:rate")
+    event = anomaly_event("checkout", "http_errors_total:rate", "pod-a", rule, transition())
+    assert {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "datacontenttype",
+        "data",
+    } <= event.keys()
+    assert event["type"] == "vigil.anomaly.opened"
+    assert event["time"] == iso(1_700_000_060_000)
+    data = event["data"]
+    assert data["window"]["start"] == "2023-11-14T22:13:50.000Z"
+    assert data["rule"] == {"type": "errors", "direction": "higher", "sensitivity": "medium"}
+    line = describe(event)
+    assert "anomaly.opened" in line
+    assert "checkout/http_errors_total:rate [pod-a]" in line
+
+
+def test_describe_survives_odd_events() -> None:
+    assert "?" in describe({})
+    assert "None" in describe({"type": "vigil.x", "data": {"service": None}})

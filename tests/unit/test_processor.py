@@ -1,0 +1,130 @@
+"""The worker's record handling without Kafka: events, dead letters, checkpoints."""
+
+from __future__ import annotations
+
+import pickle
+
+import orjson
+import pytest
+
+from engine.bank import CheckpointRefused, ModelBank, dump_checkpoint, load_checkpoint
+from engine.config import load_config
+from engine.processor import Processor, Source
+from engine.samples import Series, analysis_key, encode_batch
+
+NOW = 1_700_000_000_000
+SRC = Source("vigil.samples", 3, 42)
+
+
+def processor(bank: ModelBank | None = None) -> Processor:
+    return Processor(bank or ModelBank(load_config(None)), max_future_ms=600_000)
+
+
+def incident_batch(instance: str = "pod-a", n: int = 80) -> bytes:
+    points = [(NOW - (n - i) * 15_000, 100.0 if i < n - 5 else 10_000.0) for i in range(n)]
+    return encode_batch([Series("checkout", "http_errors_total:rate", instance, points)])
+
+
+def test_an_incident_becomes_one_cloud_event_keyed_by_analysis_key() -> None:
+    outcome = processor().handle(incident_batch(), SRC, now_ms=NOW)
+    assert outcome.deadletters == []
+    assert outcome.samples == 80
+    assert len(outcome.events) == 1
+    key, raw = outcome.events[0]
+    assert key == analysis_key("checkout", "http_errors_total:rate")
+    event = orjson.loads(raw)
+    assert event["specversion"] == "1.0"
+    assert event["type"] == "vigil.anomaly.opened"
+    assert event["data"]["instance"] == "pod-a"
+    assert event["data"]["value"] == 10_000.0
+    assert event["data"]["window"]["start_ms"] <= event["data"]["window"]["end_ms"]
+
+
+def test_the_same_input_gives_the_same_event_id() -> None:
+    first = processor().handle(incident_batch(), SRC, now_ms=NOW).events
+    second = processor().handle(incident_batch(), SRC, now_ms=NOW).events
+    assert orjson.loads(first[0][1])["id"] == orjson.loads(second[0][1])["id"]
+
+
+@pytest.mark.parametrize("raw", [None, b"\xff\x00", b'{"v":1,"series":{}}', b"[]"])
+def test_unusable_records_go_to_the_dead_letter_topic_with_reason_and_source(raw: bytes | None) -> None:
+    p = processor()
+    outcome = p.handle(raw, SRC, now_ms=NOW)
+    assert outcome.events == []
+    [dead] = [orjson.loads(d) for d in outcome.deadletters]
+    assert dead["reason"]
+    assert dead["source"] == {"topic": "vigil.samples", "partition": 3, "offset": 42}
+    assert "payload_base64" in dead
+    assert p.deadlettered == 1
+
+
+def test_a_failing_model_costs_one_series_not_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    bank = ModelBank(load_config(None))
+    real = bank.observe
+
+    def flaky(series: Series) -> list[dict[str, object]]:
+        if series.instance == "boom":
+            raise ZeroDivisionError("model bug")
+        return real(series)
+
+    monkeypatch.setattr(bank, "observe", flaky)
+    raw = encode_batch([Series("s", "m", "boom", [(NOW, 1.0)]), Series("s", "m", "fine", [(NOW, 1.0)])])
+    outcome = processor(bank).handle(raw, SRC, now_ms=NOW)
+    assert outcome.samples == 1
+    [dead] = [orjson.loads(d) for d in outcome.deadletters]
+    assert "model bug" in dead["reason"]
+    assert dead["payload"]["instance"] == "boom"
+
+
+def test_checkpoints_restore_models_lazily() -> None:
+    config = load_config(None)
+    bank = ModelBank(config)
+    processor(bank).handle(incident_batch(n=40), SRC, now_ms=NOW)
+    saved = dict(bank.checkpoints(lambda key: True))
+    assert list(saved) == [analysis_key("checkout", "http_errors_total:rate")]
+    assert dict(bank.checkpoints(lambda key: True)) == {}  # nothing changed since
+
+    restored = ModelBank(config, load=saved.get)
+    restored.observe(Series("checkout", "http_errors_total:rate", "pod-a", [(NOW, 100.0)]))
+    key = analysis_key("checkout", "http_errors_total:rate")
+    assert restored.models[key]["pod-a"].detector.n == 41
+
+
+def test_a_checkpoint_of_another_river_version_is_refused_and_the_key_starts_fresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = load_config(None)
+    bank = ModelBank(config)
+    bank.observe(Series("s", "m", "i", [(NOW, 1.0)]))
+    monkeypatch.setattr("engine.bank.RIVER_VERSION", "0.1.0")
+    [(key, forged)] = bank.checkpoints(lambda k: True)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointRefused, match="River"):
+        load_checkpoint(forged)
+    fresh = ModelBank(config, load=lambda k: forged)
+    fresh.observe(Series("s", "m", "i", [(NOW, 1.0)]))
+    assert fresh.refused_checkpoints == 1
+    assert fresh.models[key]["i"].detector.n == 1
+
+
+@pytest.mark.parametrize("blob", [b"", b"garbage", b"VGLCKPT\x00\x00\x00\x02{}", b"VGLCKPT" + b"\xff" * 20])
+def test_corrupt_checkpoints_are_refused(blob: bytes) -> None:
+    bank = ModelBank(load_config(None), load=lambda k: blob)
+    bank.observe(Series("s", "m", "i", [(NOW, 1.0)]))
+    assert bank.models[analysis_key("s", "m")]["i"].detector.n == 1
+
+
+def test_checkpoint_round_trip() -> None:
+    bank = ModelBank(load_config(None))
+    bank.observe(Series("s", "m", "i", [(NOW + i, float(i)) for i in range(10)]))
+    guards = bank.models[analysis_key("s", "m")]
+    again = load_checkpoint(dump_checkpoint(guards))
+    assert pickle.dumps(again) == pickle.dumps(guards)
+
+
+def test_forget_drops_keys_that_moved_away() -> None:
+    bank = ModelBank(load_config(None))
+    bank.observe(Series("s", "a", "i", [(NOW, 1.0)]))
+    bank.observe(Series("s", "b", "i", [(NOW, 1.0)]))
+    bank.forget(lambda key: key == analysis_key("s", "a"))
+    assert list(bank.models) == [analysis_key("s", "a")]
