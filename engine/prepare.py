@@ -465,6 +465,8 @@ class _GaugeTrack(_Track):
                     if live:
                         new.append((ts, None))
                         live = False
+                    if self.native is not None:  # Prometheus may end a histogram series with a float marker
+                        self.native.end(p, ts)
                     last = ts
                 continue
             new.append(sample)
@@ -657,8 +659,8 @@ class _Group:
                     for key in [k for k, m in members.items() if m.last_ts < ts]:
                         del members[key]
                     complete = len(row) >= len(members) and required <= row.keys()
-                elif any(m.last_ts < ts for m in members.values()):
-                    break  # some member may still send it
+                elif not required <= members.keys() or any(m.last_ts < ts for m in members.values()):
+                    break  # some member may still send it (a new histogram's +Inf bucket may be unknown yet)
             del pending[ts]
             self._finalize(p, ts, row, complete=complete)
         if not pending:
@@ -807,22 +809,47 @@ def _reduce(buckets: dict[int, float], schema: int, target: int) -> dict[int, fl
     return out
 
 
+_BOUNDS: Final[list[dict[int, float]]] = [{} for _ in range(-4, 9)]  # per schema: index → upper bound
+_MAX_CACHED_BOUNDS: Final = 1 << 16
+
+
 def _bucket_list(h: _Hist) -> list[tuple[float, float, float]]:
-    """All buckets of ``h`` as ascending ``(lower, upper, count)``, the zero bucket clipped as Prometheus."""
+    """The non-empty buckets of ``h`` as ascending ``(lower, upper, count)``, the zero bucket clipped.
+
+    >>> h = _Hist(0, 0.5, 1.0, 3.0, 2.0, {1: 2.0, 2: 0.0}, {})
+    >>> _bucket_list(h)
+    [(0.0, 0.5, 1.0), (1.0, 2.0, 2.0)]
+    """
     schema = h.schema
-    has_negative = any(c > 0 for c in h.negative.values())
-    has_positive = any(c > 0 for c in h.positive.values())
-    out = [
-        (-_bound(i, schema), -_bound(i - 1, schema), h.negative[i]) for i in sorted(h.negative, reverse=True)
-    ]
+    cache = _BOUNDS[schema + 4]
+    if len(cache) > _MAX_CACHED_BOUNDS:
+        cache.clear()
+    negative = sorted([i for i, c in h.negative.items() if c], reverse=True)
+    positive = sorted([i for i, c in h.positive.items() if c])
+    for i in (*negative, *positive):
+        if i not in cache:
+            cache[i] = _bound(i, schema)
+        if i - 1 not in cache:
+            cache[i - 1] = _bound(i - 1, schema)
+    out = [(-cache[i], -cache[i - 1], h.negative[i]) for i in negative]
     if h.zero_count > 0:
         lower, upper = -h.zero_threshold, h.zero_threshold
-        if has_positive and not has_negative:
+        if positive and not negative:
             lower = 0.0
-        elif has_negative and not has_positive:
+        elif negative and not positive:
             upper = 0.0
         out.append((lower, upper, h.zero_count))
-    out.extend((_bound(i - 1, schema), _bound(i, schema), h.positive[i]) for i in sorted(h.positive))
+    out += [(cache[i - 1], cache[i], h.positive[i]) for i in positive]
+    return out
+
+
+def _bucket_increase(cur: dict[int, float], prev: dict[int, float]) -> dict[int, float] | None:
+    """Bucket-wise ``cur - prev``; ``None`` when a bucket went down (a counter reset)."""
+    if not prev.keys() <= cur.keys() and any(c for i, c in prev.items() if i not in cur):
+        return None
+    out = {i: c - prev.get(i, 0.0) for i, c in cur.items()}
+    if out and min(out.values()) < 0:
+        return None
     return out
 
 
@@ -834,29 +861,22 @@ def _increase(prev: _Hist, cur: _Hist, reset_hint: bool) -> tuple[_Hist, bool] |
     if prev.zero_threshold != cur.zero_threshold:
         return None
     schema = min(prev.schema, cur.schema)
-    p_pos, p_neg = _reduce(prev.positive, prev.schema, schema), _reduce(prev.negative, prev.schema, schema)
-    c_pos, c_neg = _reduce(cur.positive, cur.schema, schema), _reduce(cur.negative, cur.schema, schema)
-    reset = (
-        reset_hint
+    positive = _bucket_increase(
+        _reduce(cur.positive, cur.schema, schema), _reduce(prev.positive, prev.schema, schema)
+    )
+    negative = _bucket_increase(
+        _reduce(cur.negative, cur.schema, schema), _reduce(prev.negative, prev.schema, schema)
+    )
+    if (
+        positive is None
+        or negative is None
+        or reset_hint
         or cur.count < prev.count
         or cur.zero_count < prev.zero_count
-        or any(c_pos.get(i, 0.0) < c for i, c in p_pos.items())
-        or any(c_neg.get(i, 0.0) < c for i, c in p_neg.items())
-    )
-    if reset:
+    ):
         return cur, True
-    return (
-        _Hist(
-            schema,
-            cur.zero_threshold,
-            cur.zero_count - prev.zero_count,
-            cur.count - prev.count,
-            cur.sum - prev.sum,
-            {i: c - p_pos.get(i, 0.0) for i, c in c_pos.items()},
-            {i: c - p_neg.get(i, 0.0) for i, c in c_neg.items()},
-        ),
-        False,
-    )
+    zero_count, count, sum_ = cur.zero_count - prev.zero_count, cur.count - prev.count, cur.sum - prev.sum
+    return _Hist(schema, cur.zero_threshold, zero_count, count, sum_, positive, negative), False
 
 
 class _Native:
@@ -932,6 +952,7 @@ class _Native:
                 p._emit(out, [(ts, value)])
 
     def end(self, p: Preparer, ts: int) -> None:
+        self.last_ts = max(self.last_ts, ts)
         if self.live:
             for out in (*self.q_outs, self.rate_out, self.mean_out):
                 p._emit(out, [(ts, None)])
@@ -1103,15 +1124,27 @@ class Preparer:
 
     def _track_for(self, s: RawSeries, old: _Track | None) -> _Track | None:
         if old is not None:  # the series' own kind changed
-            old.release(self)
-            self._count(Count.RETYPED)
-        elif len(self._tracks) >= self._max_series:
+            return self._retype(s.labels, old, s.kind)
+        if len(self._tracks) >= self._max_series:
             self._count(Count.SERIES_LIMIT, len(s.samples) + len(s.histograms))
             return None
         track = self._parse(s.labels, s.kind)
         track.kind_in = s.kind
         track.epoch = self._epoch
         self._tracks[s.labels] = track
+        return track
+
+    def _retype(self, labels: Labels, old: _Track, series_kind: MetricKind | None) -> _Track:
+        """Read a tracked series anew; its time order (and native histogram state) carries over."""
+        native, old.native = old.native, None
+        old.release(self)
+        track = self._parse(labels, series_kind)
+        track.kind_in = series_kind
+        track.epoch = old.epoch
+        track.last_ts = old.last_ts
+        track.native = native
+        self._tracks[labels] = track
+        self._count(Count.RETYPED)
         return track
 
     def _parse(self, labels: Labels, series_kind: MetricKind | None) -> _Track:
@@ -1220,9 +1253,7 @@ class Preparer:
             and _role(track.name, *track.shape, self._kind_of(track.name))[0] is not track.role
         ]
         for labels in retyped:
-            self._tracks.pop(labels).release(self)
-        if retyped:
-            self._count(Count.RETYPED, len(retyped))
+            self._retype(labels, self._tracks[labels], None)
 
     def _tick(self) -> None:
         """Every ``forget_after_ms / 4`` of sample time: forget series untouched for four ticks."""

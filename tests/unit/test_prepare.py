@@ -31,8 +31,14 @@ def labels(name: str, job: str | None = "api", instance: str | None = "a:1", **e
     return tuple(sorted(pairs.items()))
 
 
-def raw(name: str, samples: Sequence[tuple[int, float]], **extra: str) -> RawSeries:
-    return RawSeries(labels(name, **extra), list(samples))
+def raw(
+    name: str,
+    samples: Sequence[tuple[int, float]],
+    job: str | None = "api",
+    instance: str | None = "a:1",
+    **extra: str,
+) -> RawSeries:
+    return RawSeries(labels(name, job, instance, **extra), list(samples))
 
 
 def preparer(default_service: str | None = None, **kwargs: int) -> Preparer:
@@ -51,7 +57,7 @@ def by_metric(prepared: Prepared) -> dict[str, list[Point]]:
     return out
 
 
-def approx_points(points: list[Point]) -> list[tuple[int, float | None]]:
+def approx_points(points: list[Point]) -> list[tuple[int, object]]:
     return [(ts, None if v is None else pytest.approx(v)) for ts, v in points]
 
 
@@ -105,13 +111,17 @@ def test_out_of_order_and_duplicates_are_dropped_and_counted() -> None:
 
 def test_points_of_one_series_are_grouped_and_ordered() -> None:
     p = preparer()
-    got = run(p, raw("queue_depth", [(T0, 1.0)]), raw("queue_depth", [(T0 + S, 2.0)]), raw("other", [(T0, 0.0)]))
+    got = run(
+        p, raw("queue_depth", [(T0, 1.0)]), raw("queue_depth", [(T0 + S, 2.0)]), raw("other", [(T0, 0.0)])
+    )
     assert by_metric(got) == {"queue_depth": [(T0, 1.0), (T0 + S, 2.0)], "other": [(T0, 0.0)]}
 
 
 def test_nan_and_inf_samples_are_dropped_and_counted() -> None:
     p = preparer()
-    got = run(p, raw("load", [(T0, math.nan), (T0 + S, math.inf), (T0 + 2 * S, -math.inf), (T0 + 3 * S, 0.5)]))
+    got = run(
+        p, raw("load", [(T0, math.nan), (T0 + S, math.inf), (T0 + 2 * S, -math.inf), (T0 + 3 * S, 0.5)])
+    )
     assert by_metric(got) == {"load": [(T0 + 3 * S, 0.5)]}
     assert got.counts == {Count.NAN: 1, Count.INF: 2}
 
@@ -167,7 +177,11 @@ def test_histogram_quantiles_keep_labels_except_le() -> None:
     p = preparer()
     run(p, *buckets(T0, [0, 0, 0, 0], method="GET"))
     got = by_metric(run(p, *buckets(T0 + S, [1, 1, 1, 1], method="GET")))
-    assert set(got) == {'rpc_seconds:p50{method="GET"}', 'rpc_seconds:p90{method="GET"}', 'rpc_seconds:p99{method="GET"}'}
+    assert set(got) == {
+        'rpc_seconds:p50{method="GET"}',
+        'rpc_seconds:p90{method="GET"}',
+        'rpc_seconds:p99{method="GET"}',
+    }
 
 
 def test_histogram_split_across_requests_is_computed_once_complete() -> None:
@@ -182,7 +196,9 @@ def test_histogram_split_across_requests_is_computed_once_complete() -> None:
 def test_histogram_buckets_from_two_shards_with_several_timestamps() -> None:
     p = preparer()
     low = [raw("rpc_seconds_bucket", [(T0, 5), (T0 + S, 7), (T0 + 2 * S, 7)], le=le) for le in ("0.1", "0.5")]
-    high = [raw("rpc_seconds_bucket", [(T0, 30), (T0 + S, 40), (T0 + 2 * S, 40)], le=le) for le in ("1", "+Inf")]
+    high = [
+        raw("rpc_seconds_bucket", [(T0, 30), (T0 + S, 40), (T0 + 2 * S, 40)], le=le) for le in ("1", "+Inf")
+    ]
     assert run(p, *low).series == []
     got = run(p, *high)
     # T0 is the baseline; T0+S: increments 2, 2, 10, 10 → p50 rank 5 in (0.5, 1]; T0+2S: no traffic
@@ -227,7 +243,9 @@ def test_histogram_timestamp_a_bucket_skipped_is_dropped() -> None:
 def test_histogram_sum_and_count_give_rates_and_mean() -> None:
     p = preparer()
     run(p, raw("rpc_seconds_sum", [(T0, 10.0)]), raw("rpc_seconds_count", [(T0, 100.0)]))
-    got = by_metric(run(p, raw("rpc_seconds_count", [(T0 + S, 130.0)]), raw("rpc_seconds_sum", [(T0 + S, 13.0)])))
+    got = by_metric(
+        run(p, raw("rpc_seconds_count", [(T0 + S, 130.0)]), raw("rpc_seconds_sum", [(T0 + S, 13.0)]))
+    )
     assert got == {
         "rpc_seconds_count:rate": approx_points([(T0 + S, 2.0)]),
         "rpc_seconds_sum:rate": approx_points([(T0 + S, 0.2)]),
@@ -253,7 +271,9 @@ def test_gauge_histogram_uses_absolute_counts() -> None:
 # --- native histograms ---
 
 
-def native(ts: int, counts: Sequence[float], *, schema: int = 0, sum_: float = 0.0, **kw: object) -> NativeHistogram:
+def native(
+    ts: int, counts: Sequence[float], *, schema: int = 0, sum_: float = 0.0, **kw: object
+) -> NativeHistogram:
     fields: dict[str, object] = {
         "timestamp_ms": ts,
         "schema": schema,
@@ -316,10 +336,21 @@ def test_native_gauge_histogram_and_stale_marker() -> None:
     got = by_metric(run(p, native_series(native(T0, [4, 4], reset_hint=3))))
     assert got["rpc_duration_seconds:p50"] == approx_points([(T0, 2.0)])
     stale = run(p, native_series(native(T0 + S, [4, 4], reset_hint=3, sum=STALE)))
-    assert {m: pts for m, pts in by_metric(stale).items() if pts} == {
+    assert by_metric(stale) == {
         f"rpc_duration_seconds:{name}": [(T0 + S, None)] for name in ("p50", "p90", "p99", "rate", "mean")
     }
     assert stale.counts == {Count.STALE: 1}
+
+
+def test_native_histogram_ended_by_a_float_stale_marker() -> None:
+    p = preparer()
+    run(p, native_series(native(T0, [1, 1])))
+    run(p, native_series(native(T0 + S, [2, 2])))
+    got = run(p, RawSeries(labels("rpc_duration_seconds"), [(T0 + 2 * S, STALE)]))
+    assert by_metric(got) == {
+        f"rpc_duration_seconds:{name}": [(T0 + 2 * S, None)] for name in ("p50", "p90", "p99", "rate", "mean")
+    }
+    assert run(p, native_series(native(T0 + 3 * S, [3, 3]))).counts == {Count.FIRST_SAMPLE: 1}
 
 
 def test_native_histogram_with_unsupported_schema_is_counted() -> None:
@@ -331,7 +362,9 @@ def test_native_histogram_with_unsupported_schema_is_counted() -> None:
 def test_classic_and_native_versions_of_one_histogram_do_not_duplicate_points() -> None:
     p = preparer()
     run(p, *buckets(T0, [0, 0, 0, 0], name="rpc_duration_seconds"), native_series(native(T0, [0, 0])))
-    got = run(p, *buckets(T0 + S, [1, 2, 4, 4], name="rpc_duration_seconds"), native_series(native(T0 + S, [2, 2])))
+    got = run(
+        p, *buckets(T0 + S, [1, 2, 4, 4], name="rpc_duration_seconds"), native_series(native(T0 + S, [2, 2]))
+    )
     p50 = [s for s in got.series if s.metric == "rpc_duration_seconds:p50"]
     assert len(p50) == 1
     assert len(p50[0].points) == 1
@@ -344,7 +377,12 @@ def test_classic_and_native_versions_of_one_histogram_do_not_duplicate_points() 
 def test_summary_quantiles_pass_through_and_sum_count_give_mean() -> None:
     p = preparer()
     meta = {"rpc_latency_seconds": MetricKind.SUMMARY}
-    run(p, raw("rpc_latency_seconds_sum", [(T0, 1.0)]), raw("rpc_latency_seconds_count", [(T0, 10.0)]), metadata=meta)
+    run(
+        p,
+        raw("rpc_latency_seconds_sum", [(T0, 1.0)]),
+        raw("rpc_latency_seconds_count", [(T0, 10.0)]),
+        metadata=meta,
+    )
     got = by_metric(
         run(
             p,
@@ -383,7 +421,11 @@ def test_default_service_keeps_series_without_the_label() -> None:
 def test_configured_service_and_instance_labels() -> None:
     p = Preparer(LabelsConfig(service="app", instance="pod"), (0.5,))
     [s] = run(p, raw("up", [(T0, 1.0)], app="shop", pod="shop-7f", job="kubernetes-pods")).series
-    assert (s.service, s.metric, s.instance) == ("shop", 'up{instance="a:1",job="kubernetes-pods"}', "shop-7f")
+    assert (s.service, s.metric, s.instance) == (
+        "shop",
+        'up{instance="a:1",job="kubernetes-pods"}',
+        "shop-7f",
+    )
 
 
 def test_label_suffix_is_canonical_and_escaped() -> None:
