@@ -3,8 +3,8 @@
     python bench/pipeline.py [--keys 200] [--points 1000]
 
 Pipeline: produce batches to ``vigil.samples`` on the embedded broker → a real ``vigil worker`` process
-(Faust agent → decode → model bank → detectors) → committed offsets. The clock starts when the first
-batch is produced (the worker is already consuming) and stops when the worker has committed every record.
+(Faust agent → decode → model bank → detectors). The clock starts when the first batch is produced (the
+worker is already consuming) and stops when the worker has processed every record.
 Bare loop: the same samples through ``ModelBank.observe`` in this process. Both run here, now, so the
 ratio is meaningful on a noisy machine even when absolute figures wander.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import random
 import subprocess
 import sys
@@ -70,41 +71,45 @@ def bare(config: VigilConfig, series: list[Series]) -> float:
     return time.perf_counter() - started
 
 
-async def committed(config: VigilConfig) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=config.kafka.bootstrap_servers, group_id=config.kafka.app_id
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def pipeline(config: VigilConfig, messages: list[tuple[int, bytes]], worker_pid: int) -> tuple[float, float]:
+    """Seconds from the first produced batch until the worker has processed the last of every partition.
+
+    The finish line is a garbage record after the data on each partition: the worker answers each with a
+    dead letter, and a partition is processed in order, so seeing them all means everything before is done.
+    """
+    kafka = config.kafka
+    producer = await start_producer(kafka, linger_ms=5)
+    deadletters = AIOKafkaConsumer(
+        kafka.topics.deadletter, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="latest"
     )
-    await consumer.start()
+    await deadletters.start()
     try:
-        out = {}
-        for p in range(config.kafka.partitions):
-            offset = await consumer.committed(TopicPartition(config.kafka.topics.samples, p))
-            out[p] = offset or 0
-        return out
+        await finish_line(producer, deadletters, kafka.topics.samples, kafka.partitions)  # worker is up
+        started = time.perf_counter()
+        cpu = cpu_seconds(worker_pid)
+        for p, value in messages:
+            await producer.send(kafka.topics.samples, value, partition=p)
+        await producer.flush()
+        print(f"produced in {time.perf_counter() - started:.2f}s")
+        await finish_line(producer, deadletters, kafka.topics.samples, kafka.partitions)
+        return time.perf_counter() - started, cpu_seconds(worker_pid) - cpu
     finally:
-        await consumer.stop()
+        await producer.stop()
+        await deadletters.stop()
 
 
-async def pipeline(config: VigilConfig, messages: list[tuple[int, bytes]]) -> float:
-    producer = await start_producer(config.kafka, linger_ms=5)
-    topic = config.kafka.topics.samples
-    # Warm-up: one record per partition, wait until the worker has committed them all.
-    expected = dict.fromkeys(range(config.kafka.partitions), 1)
-    for p in expected:
-        await producer.send_and_wait(topic, encode_batch([]), partition=p)
-    while await committed(config) != expected:  # noqa: ASYNC110 - polling another process
-        await asyncio.sleep(0.2)
-    started = time.perf_counter()
-    for p, value in messages:
-        await producer.send(topic, value, partition=p)
-        expected[p] += 1
-    await producer.flush()
-    await producer.stop()
-    while True:
-        done = await committed(config)
-        if all(done[p] >= expected[p] for p in expected):
-            return time.perf_counter() - started
-        await asyncio.sleep(0.1)
+async def finish_line(producer: AIOKafkaProducer, deadletters: AIOKafkaConsumer, topic: str, partitions: int) -> None:
+    for p in range(partitions):
+        await producer.send(topic, b"end of run", partition=p)
+    seen = 0
+    while seen < partitions:
+        for records in (await deadletters.getmany(timeout_ms=100)).values():
+            seen += len(records)
 
 
 def main() -> None:
@@ -120,7 +125,7 @@ def main() -> None:
         messages = batches(series, config.kafka.partitions)
         worker = subprocess.Popen([sys.executable, "-m", "vigil", "worker"], env=child_env(config))
         try:
-            piped = asyncio.run(asyncio.wait_for(pipeline(config, messages), 600))
+            piped, cpu = asyncio.run(asyncio.wait_for(pipeline(config, messages, worker.pid), 600))
         finally:
             worker.terminate()
             worker.wait(30)
@@ -130,6 +135,7 @@ def main() -> None:
     print(f"pipeline (produce -> broker -> Faust agent -> detectors): {total / piped:>10,.0f} samples/s")
     print(f"bare loop (same detectors, same samples, no Kafka):       {total / loop:>10,.0f} samples/s")
     print(f"ratio pipeline / bare loop: {loop / piped:.2f}")
+    print(f"worker process CPU time per sample: {cpu / total * 1e6:.2f} us (bare loop: {loop / total * 1e6:.2f} us)")
 
 
 if __name__ == "__main__":

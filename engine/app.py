@@ -31,7 +31,7 @@ def faust_settings(config: VigilConfig) -> dict[str, Any]:
         "store": "memory://",
         "consumer_auto_offset_reset": "earliest",
         "broker_commit_every": 1000,
-        "broker_commit_interval": 1.0,
+        "broker_commit_interval": kafka.commit_interval_s,
         "stream_wait_empty": False,
         "table_standby_replicas": 0,
     }

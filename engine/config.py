@@ -73,6 +73,9 @@ class KafkaConfig(Frozen):
         description="work around the embedded broker's bugs; set automatically for the embedded broker",
     )
     ack_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    commit_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often workers commit consumed offsets (at-least-once)"
+    )
 
     @property
     def embedded(self) -> bool:

@@ -160,12 +160,19 @@ def _decode_series(item: Any, limit_ms: int) -> tuple[Series, list[tuple[str, An
         raise BadRecord("'points' must be a list")
     points: list[Point] = []
     bad: list[tuple[str, Any]] = []
+    append = points.append
     for p in raw_points:
+        # Fast path for the usual [int, float] point; anything else gets the full check and a reason.
+        if type(p) is list and len(p) == 2:
+            ts, value = p
+            if type(ts) is int and 0 <= ts <= limit_ms and type(value) is float and value - value == 0.0:
+                append((ts, value))
+                continue
         reason = _point_problem(p, limit_ms)
         if reason:
             bad.append((reason, p))
         else:
-            points.append((p[0], p[1]))
+            append((p[0], p[1]))
     return Series(names[0], names[1], names[2], points), bad
 
 
