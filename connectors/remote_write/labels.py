@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Hashable, Sequence
+from typing import NoReturn
 
 from connectors.remote_write.errors import BAD_REQUEST, DecodeError, show
 from connectors.remote_write.limits import Limits
@@ -70,32 +71,28 @@ def validate(pairs: Sequence[tuple[bytes, bytes]], limits: Limits) -> Labels:
     labels: list[tuple[str, str]] = []
     previous = b""
     for raw_name, raw_value in pairs:
-        name = _text(raw_name, pairs, "label name")
-        if not name:
-            raise DecodeError(BAD_REQUEST, f"empty label name in series {_series_hint(pairs)}")
-        if len(raw_name) > limits.max_label_name_length:
+        try:
+            name = raw_name.decode()
+        except UnicodeDecodeError:
             raise DecodeError(
                 BAD_REQUEST,
-                f"label name {show(name)} is {len(raw_name)} bytes long, more than the limit of "
-                f"{limits.max_label_name_length}",
-            )
-        value = _text(raw_value, pairs, f"value of label {show(name)}")
-        if len(raw_value) > limits.max_label_value_length:
+                f"label name is not valid UTF-8: {show(raw_name)} in series {_series_hint(pairs)}",
+            ) from None
+        try:
+            value = raw_value.decode()
+        except UnicodeDecodeError:
             raise DecodeError(
                 BAD_REQUEST,
-                f"label {show(name)} has a value of {len(raw_value)} bytes, more than the limit of "
-                f"{limits.max_label_value_length} (series {_series_hint(pairs)})",
-            )
-        if raw_name <= previous:
-            if raw_name == previous:
-                raise DecodeError(
-                    BAD_REQUEST, f"duplicate label {show(name)} in series {_series_hint(pairs)}"
-                )
-            raise DecodeError(
-                BAD_REQUEST,
-                f"labels not sorted by name: {show(name)} comes after {show(previous.decode())} "
+                f"value of label {show(name)} is not valid UTF-8: {show(raw_value)} "
                 f"in series {_series_hint(pairs)}",
-            )
+            ) from None
+        if (
+            not name
+            or raw_name <= previous
+            or len(raw_name) > limits.max_label_name_length
+            or len(raw_value) > limits.max_label_value_length
+        ):
+            _refuse(name, raw_name, raw_value, previous, pairs, limits)
         previous = raw_name
         labels.append((sys.intern(name), value))
     metric = dict(labels).get(METRIC_NAME)
@@ -108,13 +105,36 @@ def validate(pairs: Sequence[tuple[bytes, bytes]], limits: Limits) -> Labels:
     return tuple(labels)
 
 
-def _text(raw: bytes, pairs: Sequence[tuple[bytes, bytes]], what: str) -> str:
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
+def _refuse(
+    name: str,
+    raw_name: bytes,
+    raw_value: bytes,
+    previous: bytes,
+    pairs: Sequence[tuple[bytes, bytes]],
+    limits: Limits,
+) -> NoReturn:
+    """Raise the 400 for the one label :func:`validate` found wrong."""
+    where = f"in series {_series_hint(pairs)}"
+    if not name:
+        raise DecodeError(BAD_REQUEST, f"empty label name {where}")
+    if raw_name == previous:
+        raise DecodeError(BAD_REQUEST, f"duplicate label {show(name)} {where}")
+    if raw_name < previous:
         raise DecodeError(
-            BAD_REQUEST, f"{what} is not valid UTF-8: {show(raw)} in series {_series_hint(pairs)}"
-        ) from None
+            BAD_REQUEST,
+            f"labels not sorted by name: {show(name)} comes after {show(previous.decode())} {where}",
+        )
+    if len(raw_name) > limits.max_label_name_length:
+        raise DecodeError(
+            BAD_REQUEST,
+            f"label name {show(name)} is {len(raw_name)} bytes long, more than the limit of "
+            f"{limits.max_label_name_length}",
+        )
+    raise DecodeError(
+        BAD_REQUEST,
+        f"label {show(name)} has a value of {len(raw_value)} bytes, more than the limit of "
+        f"{limits.max_label_value_length} ({where})",
+    )
 
 
 def _series_hint(pairs: Sequence[tuple[bytes, bytes]]) -> str:

@@ -3,7 +3,7 @@
 Series are left encoded by the outer parse. The common series (labels seen before, then one sample) is
 read from its last 18 (or 9) bytes and a cache lookup of the bytes before them; a series with known labels
 and several plain samples costs one pass over its label fields and a few C-level calls; anything else
-(exemplars, histograms, unusual layouts, timestamps before 2001) is parsed by protobuf.
+(exemplars, histograms, unusual layouts, timestamps before 1971 or after 2109) is parsed by protobuf.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from connectors.remote_write.wire import (
     Stamps,
     read_samples,
     read_varint,
+    samples_from_bits,
     unpack_double,
 )
 from engine.raw import Labels, MetricKind, RawSeries, WriteRequest
@@ -38,6 +39,8 @@ def decode_v1(raw: bytes, limits: Limits, cache: LabelCache, limit_ms: int) -> t
         message = lazy_pb2.WriteRequestV1.FromString(raw)
     except ProtobufDecodeError:
         raise DecodeError(BAD_REQUEST, "malformed protobuf: not a prometheus.WriteRequest") from None
+    if raw and not message.timeseries and not message.metadata:
+        raise DecodeError(BAD_REQUEST, "no series and no metadata: is this a 2.0 request sent as 1.0?")
     request = WriteRequest(metadata=_metadata(message.metadata))
     append = request.series.append
     get = cache.young.get
@@ -90,14 +93,19 @@ def _series(
 def _labels_end(encoded: bytes) -> int:
     """Where the leading label fields (field 1, length-delimited) end."""
     pos, n = 0, len(encoded)
-    while pos < n and encoded[pos] == 0x0A:
-        try:
-            length, start = read_varint(encoded, pos + 1)
-        except Fallback:
+    while pos + 1 < n and encoded[pos] == 0x0A:
+        length = encoded[pos + 1]
+        if length < 0x80:
+            end = pos + 2 + length
+        else:
+            try:
+                length, start = read_varint(encoded, pos + 1)
+            except Fallback:
+                return pos
+            end = start + length
+        if end > n:
             return pos
-        if start + length > n:
-            return pos
-        pos = start + length
+        pos = end
     return pos
 
 
@@ -124,7 +132,7 @@ def _protobuf_series(
         raise DecodeError(BAD_REQUEST, "malformed protobuf: unreadable prometheus.TimeSeries") from None
     pairs = tuple((label.name, label.value) for label in message.labels)
     labels = cached_labels(pairs, pairs, limits, cache)
-    samples = [(sample.timestamp, sample.value) for sample in message.samples]
+    samples = samples_from_bits(message.samples)
     where = RawSeries(labels).name
     histograms = [native_histogram(h, where) for h in message.histograms]
     series, rejected = keep_present(labels, samples, histograms, limit_ms)

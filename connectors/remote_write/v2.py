@@ -9,6 +9,7 @@ refs) means the same thing in every request.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
@@ -24,6 +25,7 @@ from connectors.remote_write.wire import (
     Fallback,
     Stamps,
     read_varint,
+    samples_from_bits,
     signed64,
     uint32s,
     unpack_double,
@@ -44,6 +46,10 @@ def decode_v2(raw: bytes, limits: Limits, cache: LabelCache, limit_ms: int) -> t
     except ProtobufDecodeError:
         raise DecodeError(BAD_REQUEST, "malformed protobuf: not an io.prometheus.write.v2.Request") from None
     symbols = list(message.symbols)
+    if raw and not symbols and not message.timeseries:
+        raise DecodeError(
+            BAD_REQUEST, "no symbols and no series: is this a 1.0 prometheus.WriteRequest sent as 2.0?"
+        )
     if (symbols or message.timeseries) and symbols[:1] != [b""]:
         raise DecodeError(BAD_REQUEST, "the symbol table must start with the empty string")
     request = WriteRequest()
@@ -51,45 +57,37 @@ def decode_v2(raw: bytes, limits: Limits, cache: LabelCache, limit_ms: int) -> t
     get = cache.young.get
     stamps = Stamps()
     kinds = _Kinds(len(symbols))
+    tails = _Tails(kinds)
     rejected = 0
     for encoded in message.timeseries:
-        n = len(encoded)
         try:
-            if n < 2 or encoded[0] != 0x0A or encoded[1] >= 0x80:
+            if not encoded.startswith(b"\x0a") or len(encoded) < 2 or encoded[1] >= 0x80:
                 raise Fallback
-            pos = 2 + encoded[1]
-            if pos > n:
+            end = 2 + encoded[1]
+            if end > len(encoded):
                 raise Fallback
-            refs = encoded[2:pos]
-            samples: list[tuple[int, float]] = []
-            kind: MetricKind | None = None
-            created = 0
-            metadata_seen = False
-            while pos < n:
-                tag = encoded[pos]
-                if tag == 0x12:
-                    if encoded.startswith(SAMPLE, pos) and pos + 18 <= n and encoded[pos + 11] == 0x10:
-                        samples.append(
-                            (stamps[encoded[pos + 12 : pos + 18]], unpack_double(encoded, pos + 3)[0])
-                        )
-                        pos += 18
-                    elif encoded.startswith(SAMPLE_ZERO, pos) and pos + 9 <= n:
-                        samples.append((stamps[encoded[pos + 3 : pos + 9]], 0.0))
-                        pos += 9
-                    else:
-                        raise Fallback
-                elif tag == 0x2A and not metadata_seen and pos + 1 < n and encoded[pos + 1] < 0x80:
-                    end = pos + 2 + encoded[pos + 1]
-                    if end > n:
-                        raise Fallback
-                    kind = kinds[encoded[pos + 2 : end]]
-                    metadata_seen = True
-                    pos = end
-                elif tag == 0x30:
-                    created, pos = read_varint(encoded, pos + 1)
-                else:
-                    raise Fallback
-            key = symbol_key(uint32s(refs), symbols, "labels_refs")
+            refs = encoded[2:end]
+            # One sample, then metadata and created timestamp (their bytes repeat: see _Tails), or not.
+            if encoded.startswith(SAMPLE, end) and encoded[end + 11 : end + 12] == b"\x10":
+                single = not encoded.startswith(b"\x12", end + 18)
+                if single:
+                    samples = [(stamps[encoded[end + 12 : end + 18]], unpack_double(encoded, end + 3)[0])]
+                    kind, created_ms = tails[encoded[end + 18 :]]
+            elif encoded.startswith(SAMPLE_ZERO, end):
+                single = not encoded.startswith(b"\x12", end + 9)
+                if single:
+                    samples = [(stamps[encoded[end + 3 : end + 9]], 0.0)]
+                    kind, created_ms = tails[encoded[end + 9 :]]
+            else:
+                single = False
+            if not single:
+                samples, kind, created_ms = _walk(encoded, end, stamps, kinds)
+            try:
+                if not refs.isascii() or len(refs) < 2 or len(refs) & 1:
+                    raise IndexError
+                key = itemgetter(*refs)(symbols)  # every ref is one byte: the bytes are the refs
+            except IndexError:
+                key = symbol_key(uint32s(refs), symbols, "labels_refs")
         except Fallback:
             series, dropped, exemplars = _protobuf_series(encoded, symbols, limits, cache, limit_ms)
             rejected += dropped
@@ -100,14 +98,49 @@ def decode_v2(raw: bytes, limits: Limits, cache: LabelCache, limit_ms: int) -> t
         labels = get(key)
         if labels is None:
             labels = _labels(key, limits, cache)
-        if samples and max(samples)[0] > limit_ms:
+        if samples and (samples[0][0] if single else max(samples)[0]) > limit_ms:
             kept = [sample for sample in samples if sample[0] <= limit_ms]
             rejected += len(samples) - len(kept)
             if not kept:
                 continue
             samples = kept
-        append(RawSeries(labels, samples, [], kind, signed64(created)))
+        append(RawSeries(labels, samples, [], kind, created_ms))
     return request, rejected
+
+
+def _walk(
+    encoded: bytes, pos: int, stamps: Stamps, kinds: _Kinds
+) -> tuple[list[tuple[int, float]], MetricKind | None, int]:
+    """The fields after the label refs, read one by one: samples, metadata (once: protobuf merges repeated
+    ones) and the created timestamp."""
+    n = len(encoded)
+    samples: list[tuple[int, float]] = []
+    kind: MetricKind | None = None
+    created = 0
+    metadata_seen = False
+    while pos < n:
+        tag = encoded[pos]
+        if tag == 0x12:
+            if encoded.startswith(SAMPLE, pos) and pos + 18 <= n and encoded[pos + 11] == 0x10:
+                samples.append((stamps[encoded[pos + 12 : pos + 18]], unpack_double(encoded, pos + 3)[0]))
+                pos += 18
+            elif encoded.startswith(SAMPLE_ZERO, pos) and pos + 9 <= n:
+                samples.append((stamps[encoded[pos + 3 : pos + 9]], 0.0))
+                pos += 9
+            else:
+                raise Fallback
+        elif tag == 0x2A and not metadata_seen and pos + 1 < n and encoded[pos + 1] < 0x80:
+            end = pos + 2 + encoded[pos + 1]
+            if end > n:
+                raise Fallback
+            kind = kinds[encoded[pos + 2 : end]]
+            metadata_seen = True
+            pos = end
+        elif tag == 0x30:
+            created, pos = read_varint(encoded, pos + 1)
+        else:
+            raise Fallback
+    return samples, kind, signed64(created)
 
 
 def symbol_key(refs: Sequence[int] | bytes, symbols: list[bytes], what: str) -> tuple[bytes, ...]:
@@ -125,6 +158,22 @@ def symbol_key(refs: Sequence[int] | bytes, symbols: list[bytes], what: str) -> 
 
 def _labels(key: tuple[bytes, ...], limits: Limits, cache: LabelCache) -> Labels:
     return cached_labels(key, list(zip(key[0::2], key[1::2], strict=True)), limits, cache)
+
+
+class _Tails(dict[bytes, tuple[MetricKind | None, int]]):
+    """Metadata and created timestamp by the bytes that follow a series' only sample: the series of a
+    family mostly end in the same few bytes."""
+
+    def __init__(self, kinds: _Kinds) -> None:
+        super().__init__()
+        self.kinds = kinds
+
+    def __missing__(self, raw: bytes) -> tuple[MetricKind | None, int]:
+        samples, kind, created = _walk(raw, 0, Stamps(), self.kinds)
+        if samples:
+            raise Fallback
+        self[raw] = kind, created
+        return kind, created
 
 
 class _Kinds(dict[bytes, MetricKind | None]):
@@ -157,7 +206,7 @@ def _protobuf_series(
     encoded: bytes, symbols: list[bytes], limits: Limits, cache: LabelCache, limit_ms: int
 ) -> tuple[RawSeries | None, int, int]:
     try:
-        message = remote_v2_pb2.TimeSeries.FromString(encoded)
+        message = lazy_pb2.TimeSeriesV2.FromString(encoded)
     except ProtobufDecodeError:
         raise DecodeError(
             BAD_REQUEST, "malformed protobuf: unreadable io.prometheus.write.v2.TimeSeries"
@@ -166,7 +215,7 @@ def _protobuf_series(
     for exemplar in message.exemplars:
         symbol_key(exemplar.labels_refs, symbols, "exemplar labels_refs")
     kind = metadata_kind(message.metadata, len(symbols)) if message.HasField("metadata") else None
-    samples = [(sample.timestamp, sample.value) for sample in message.samples]
+    samples = samples_from_bits(message.samples)
     where = RawSeries(labels).name
     histograms = [native_histogram(h, where) for h in message.histograms]
     series, rejected = keep_present(labels, samples, histograms, limit_ms)

@@ -11,28 +11,29 @@ from __future__ import annotations
 
 import re
 import struct
-from functools import cache
+from collections.abc import Iterable, Sequence
+from functools import cache, lru_cache
+from typing import Any
 
-#: A sample field with a value and a 6-byte timestamp (Unix ms from 2001 to 2109), and one whose value is
+#: A sample field with a value and a 6-byte timestamp (Unix ms from 1971 to 2109), and one whose value is
 #: 0.0 (proto3 leaves it out).
 SAMPLE = b"\x12\x10\x09"
 SAMPLE_ZERO = b"\x12\x07\x10"
-_SAMPLES = re.compile(rb"(?:\x12\x10\x09.{8}\x10[\x80-\xff]{5}[\x00-\x7f])+", re.DOTALL)
 _SAMPLES_OR_ZERO = re.compile(rb"(?:(?:\x12\x10\x09.{8}|\x12\x07)\x10[\x80-\xff]{5}[\x00-\x7f])+", re.DOTALL)
 _SAMPLE_PARTS = re.compile(rb"(?:\x12\x10\x09(.{8})|\x12\x07)\x10([\x80-\xff]{5}[\x00-\x7f])", re.DOTALL)
-_VALUE_STAMP = struct.Struct("<3xdx6s")
 _VARINT_BYTES = re.compile(rb"[\x80-\xff]*[\x00-\x7f]")
 unpack_double = struct.Struct("<d").unpack_from
+_pack_bits = struct.Struct("<Q").pack
 _INT64_SIGN = 1 << 63
 _UINT64 = 1 << 64
 
 
-class Fallback(Exception):  # noqa: N818 - a signal, not an error
+class Fallback(Exception):
     """This layout is not one the fast path reads: decode the series with protobuf."""
 
 
 def stamp6(raw: bytes) -> int:
-    """A 6-byte varint, the size of every Unix-ms timestamp from 2001 to 2109.
+    """A 6-byte varint, the size of every Unix-ms timestamp from 1971 to 2109.
 
     >>> stamp6(bytes([0xc0, 0xe2, 0xf3, 0xe5, 0xb2, 0x32]))
     1731622400320
@@ -84,10 +85,17 @@ def read_samples(
 ) -> tuple[list[tuple[int, float]], int]:
     """Every sample field from ``start`` to the end of ``buf``, and how many were later than ``limit_ms``
     (those are left out)."""
-    values: tuple[float, ...] | list[float]
-    if (len(buf) - start) % 18 == 0 and _SAMPLES.fullmatch(buf, start):
-        values, raw_stamps = zip(*_VALUE_STAMP.iter_unpack(memoryview(buf)[start:]), strict=True)
-        times = list(map(stamps.__getitem__, raw_stamps))
+    values: Sequence[float]
+    count, rest = divmod(len(buf) - start, 18)
+    fields: Sequence[Any] = ()
+    if rest == 0 and count:
+        if count <= _STRUCTS_UP_TO:
+            fields = _samples_struct(count).unpack_from(buf, start)
+        else:
+            fields = [field for sample in _SAMPLE_STRUCT.iter_unpack(buf[start:]) for field in sample]
+    if fields and fields[0::4].count(SAMPLE) == count and fields[2::4].count(0x10) == count:
+        values = fields[1::4]
+        times = list(map(stamps.__getitem__, fields[3::4]))
     elif _SAMPLES_OR_ZERO.fullmatch(buf, start):
         parts = _SAMPLE_PARTS.findall(buf, start)
         values = [unpack_double(value)[0] if value else 0.0 for value, _ in parts]
@@ -98,6 +106,21 @@ def read_samples(
         kept = [(time, value) for time, value in zip(times, values, strict=True) if time <= limit_ms]
         return kept, len(times) - len(kept)
     return list(zip(times, values, strict=True)), 0
+
+
+_STRUCTS_UP_TO = 64
+_SAMPLE_STRUCT = struct.Struct("<3sdB6s")
+
+
+@lru_cache(maxsize=_STRUCTS_UP_TO)
+def _samples_struct(count: int) -> struct.Struct:
+    """``count`` value-and-timestamp samples: (field header, value, timestamp tag, timestamp) each."""
+    return struct.Struct("<" + "3sdB6s" * count)
+
+
+def samples_from_bits(samples: Iterable[Any]) -> list[tuple[int, float]]:
+    """(timestamp, value) pairs from ``SampleBits`` messages, the value's bits kept as they are."""
+    return [(sample.timestamp, unpack_double(_pack_bits(sample.value))[0]) for sample in samples]
 
 
 class _Varints(dict[bytes, int]):

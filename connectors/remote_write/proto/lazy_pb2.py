@@ -14,21 +14,26 @@ _sym_db = _symbol_database.Default()
 
 
 from connectors.remote_write.proto import remote_v1_pb2 as connectors_dot_remote__write_dot_proto_dot_remote__v1__pb2
+from connectors.remote_write.proto import remote_v2_pb2 as connectors_dot_remote__write_dot_proto_dot_remote__v2__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(connectors/remote_write/proto/lazy.proto\x12\x17vigil.remote_write.lazy\x1a-connectors/remote_write/proto/remote_v1.proto\"R\n\x0eWriteRequestV1\x12\x12\n\ntimeseries\x18\x01 \x03(\x0c\x12,\n\x08metadata\x18\x03 \x03(\x0b\x32\x1a.prometheus.MetricMetadata\"\xb7\x01\n\x0cTimeSeriesV1\x12.\n\x06labels\x18\x01 \x03(\x0b\x32\x1e.vigil.remote_write.lazy.Label\x12#\n\x07samples\x18\x02 \x03(\x0b\x32\x12.prometheus.Sample\x12\'\n\texemplars\x18\x03 \x03(\x0b\x32\x14.prometheus.Exemplar\x12)\n\nhistograms\x18\x04 \x03(\x0b\x32\x15.prometheus.Histogram\"$\n\x05Label\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"0\n\tRequestV2\x12\x0f\n\x07symbols\x18\x04 \x03(\x0c\x12\x12\n\ntimeseries\x18\x05 \x03(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(connectors/remote_write/proto/lazy.proto\x12\x17vigil.remote_write.lazy\x1a-connectors/remote_write/proto/remote_v1.proto\x1a-connectors/remote_write/proto/remote_v2.proto\"R\n\x0eWriteRequestV1\x12\x12\n\ntimeseries\x18\x01 \x03(\x0c\x12,\n\x08metadata\x18\x03 \x03(\x0b\x32\x1a.prometheus.MetricMetadata\"\xc8\x01\n\x0cTimeSeriesV1\x12.\n\x06labels\x18\x01 \x03(\x0b\x32\x1e.vigil.remote_write.lazy.Label\x12\x34\n\x07samples\x18\x02 \x03(\x0b\x32#.vigil.remote_write.lazy.SampleBits\x12\'\n\texemplars\x18\x03 \x03(\x0b\x32\x14.prometheus.Exemplar\x12)\n\nhistograms\x18\x04 \x03(\x0b\x32\x15.prometheus.Histogram\"$\n\x05Label\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"0\n\tRequestV2\x12\x0f\n\x07symbols\x18\x04 \x03(\x0c\x12\x12\n\ntimeseries\x18\x05 \x03(\x0c\"\x94\x02\n\x0cTimeSeriesV2\x12\x13\n\x0blabels_refs\x18\x01 \x03(\r\x12\x34\n\x07samples\x18\x02 \x03(\x0b\x32#.vigil.remote_write.lazy.SampleBits\x12\x35\n\nhistograms\x18\x03 \x03(\x0b\x32!.io.prometheus.write.v2.Histogram\x12\x33\n\texemplars\x18\x04 \x03(\x0b\x32 .io.prometheus.write.v2.Exemplar\x12\x32\n\x08metadata\x18\x05 \x01(\x0b\x32 .io.prometheus.write.v2.Metadata\x12\x19\n\x11\x63reated_timestamp\x18\x06 \x01(\x03\".\n\nSampleBits\x12\r\n\x05value\x18\x01 \x01(\x06\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'connectors.remote_write.proto.lazy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WRITEREQUESTV1']._serialized_start=116
-  _globals['_WRITEREQUESTV1']._serialized_end=198
-  _globals['_TIMESERIESV1']._serialized_start=201
-  _globals['_TIMESERIESV1']._serialized_end=384
-  _globals['_LABEL']._serialized_start=386
-  _globals['_LABEL']._serialized_end=422
-  _globals['_REQUESTV2']._serialized_start=424
-  _globals['_REQUESTV2']._serialized_end=472
+  _globals['_WRITEREQUESTV1']._serialized_start=163
+  _globals['_WRITEREQUESTV1']._serialized_end=245
+  _globals['_TIMESERIESV1']._serialized_start=248
+  _globals['_TIMESERIESV1']._serialized_end=448
+  _globals['_LABEL']._serialized_start=450
+  _globals['_LABEL']._serialized_end=486
+  _globals['_REQUESTV2']._serialized_start=488
+  _globals['_REQUESTV2']._serialized_end=536
+  _globals['_TIMESERIESV2']._serialized_start=539
+  _globals['_TIMESERIESV2']._serialized_end=815
+  _globals['_SAMPLEBITS']._serialized_start=817
+  _globals['_SAMPLEBITS']._serialized_end=863
 # @@protoc_insertion_point(module_scope)
