@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import machine
 from connectors.broker import EmbeddedBroker
@@ -76,7 +76,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def pipeline(config: VigilConfig, messages: list[tuple[int, bytes]], worker_pid: int) -> tuple[float, float]:
+async def pipeline(
+    config: VigilConfig, messages: list[tuple[int, bytes]], worker_pid: int
+) -> tuple[float, float]:
     """Seconds from the first produced batch until the worker has processed the last of every partition.
 
     The finish line is a garbage record after the data on each partition: the worker answers each with a
@@ -103,7 +105,9 @@ async def pipeline(config: VigilConfig, messages: list[tuple[int, bytes]], worke
         await deadletters.stop()
 
 
-async def finish_line(producer: AIOKafkaProducer, deadletters: AIOKafkaConsumer, topic: str, partitions: int) -> None:
+async def finish_line(
+    producer: AIOKafkaProducer, deadletters: AIOKafkaConsumer, topic: str, partitions: int
+) -> None:
     for p in range(partitions):
         await producer.send(topic, b"end of run", partition=p)
     seen = 0
@@ -135,7 +139,7 @@ def main() -> None:
     print(f"pipeline (produce -> broker -> Faust agent -> detectors): {total / piped:>10,.0f} samples/s")
     print(f"bare loop (same detectors, same samples, no Kafka):       {total / loop:>10,.0f} samples/s")
     print(f"ratio pipeline / bare loop: {loop / piped:.2f}")
-    print(f"worker process CPU time per sample: {cpu / total * 1e6:.2f} us (bare loop: {loop / total * 1e6:.2f} us)")
+    print(f"worker CPU time per sample: {cpu / total * 1e6:.2f} us (bare loop: {loop / total * 1e6:.2f} us)")
 
 
 if __name__ == "__main__":
