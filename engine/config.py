@@ -120,7 +120,7 @@ class MetricRule(Frozen):
 
 
 DEFAULT_RULES = (
-    MetricRule(match=r".*(error|fail|5xx).*", type=MetricType.ERRORS, direction=Direction.HIGHER),
+    MetricRule(match=r'.*(error|fail|5xx|code="5).*', type=MetricType.ERRORS, direction=Direction.HIGHER),
     MetricRule(match=r".*(duration|latency|seconds).*", type=MetricType.LATENCY, direction=Direction.HIGHER),
     MetricRule(match=r".*(requests|ops|throughput).*", type=MetricType.THROUGHPUT, direction=Direction.BOTH),
     MetricRule(match=r".*", type=MetricType.CUSTOM, direction=Direction.BOTH),

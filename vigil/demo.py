@@ -1,7 +1,9 @@
 """``vigil demo``: synthetic services with injected incidents, streamed through the real pipeline.
 
-An embedded broker and a real worker process run as in ``vigil run``; this process plays the part of
-Prometheus, at 20 simulated minutes per second, and shows the verdicts as they arrive.
+An embedded broker and a real worker process run as in ``vigil run``. This process plays Prometheus and the
+receiver: at 20 simulated minutes per second it scrapes synthetic instances of three services — request
+counters by status code, a latency histogram, a memory gauge — prepares them exactly as the receiver does
+(counters to rates, histogram buckets to p50/p90/p99) and produces them; it shows the verdicts as they arrive.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from rich.table import Table
 
 from connectors.kafka import follow, start_producer
 from engine.config import VigilConfig
+from engine.prepare import Preparer
+from engine.raw import RawSeries, WriteRequest
 from engine.samples import Series, encode_batch, partition_for
 from vigil.runtime import kafka_for, signals_raise, spawn, stop_all
 
@@ -32,53 +36,100 @@ DAY_STEPS = 24 * 60
 @dataclass(frozen=True)
 class Incident:
     service: str
-    metric: str
+    metric: str  # the prepared series it shows in
     instance: str | None  # None: every instance
     start: int
     steps: int
-    factor: float
     what: str
+    latency: float = 1.0  # factor on request latency
+    errors: float = 1.0  # factor on the error rate
+    traffic: float = 1.0  # factor on the request rate
 
 
 @dataclass(frozen=True)
-class Signal:
-    service: str
-    metric: str
-    base: float
-    daily: float  # amplitude of the daily cycle, as a share of base
-    noise: float  # noise, as a share of base
+class Service:
+    name: str
+    rps: float  # requests per second at the daily mean
+    latency: float  # median latency, seconds
+    error_share: float
 
 
-SIGNALS = (
-    Signal("checkout", "http_requests_total:rate", 120.0, 0.4, 0.03),
-    Signal("checkout", "http_request_duration_seconds:p99", 0.25, 0.1, 0.04),
-    Signal("checkout", "http_errors_total:rate", 0.5, 0.3, 0.1),
-    Signal("search", "http_requests_total:rate", 300.0, 0.5, 0.03),
-    Signal("search", "http_request_duration_seconds:p99", 0.08, 0.1, 0.04),
-    Signal("search", "http_errors_total:rate", 1.0, 0.3, 0.1),
-    Signal("payments", "http_requests_total:rate", 40.0, 0.3, 0.04),
-    Signal("payments", "process_resident_memory_bytes", 5.0e8, 0.0, 0.01),
+SERVICES = (
+    Service("checkout", 120.0, 0.08, 0.004),
+    Service("search", 300.0, 0.03, 0.002),
+    Service("payments", 40.0, 0.15, 0.003),
 )
 INSTANCES = ("0", "1")
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, math.inf)
 INCIDENTS = (
-    Incident("checkout", "http_request_duration_seconds:p99", "checkout-1", 200, 15, 3.0, "slow instance"),
-    Incident("search", "http_errors_total:rate", None, 350, 20, 12.0, "error burst"),
-    Incident("payments", "http_requests_total:rate", None, 500, 25, 0.3, "traffic drop"),
+    Incident(
+        "checkout", "http_request_duration_seconds:p90", "checkout-1", 200, 15, "slow instance", latency=4.0
+    ),
+    Incident("search", 'http_requests_total:rate{code="500"}', None, 350, 20, "error burst", errors=15.0),
+    Incident("payments", 'http_requests_total:rate{code="200"}', None, 500, 25, "traffic drop", traffic=0.3),
 )
 
 
-def value_at(signal: Signal, instance: str, step: int, rng: random.Random) -> float:
-    cycle = 1 + signal.daily * math.sin(2 * math.pi * step / DAY_STEPS)
-    value = signal.base * cycle * (1 + rng.gauss(0, signal.noise))
-    for incident in INCIDENTS:
-        if (
-            incident.service == signal.service
-            and incident.metric == signal.metric
-            and incident.instance in (None, instance)
-            and incident.start <= step < incident.start + incident.steps
-        ):
-            value *= incident.factor
-    return max(value, 0.0)
+@dataclass
+class Instance:
+    """Cumulative counters of one instance, as Prometheus would scrape them."""
+
+    service: Service
+    name: str
+    ok: float = 0.0
+    errors: float = 0.0
+    buckets: list[float] = field(default_factory=lambda: [0.0] * len(BUCKETS))
+    count: float = 0.0
+    total: float = 0.0
+
+    def scrape(self, step: int, ts: int, rng: random.Random) -> list[RawSeries]:
+        svc = self.service
+        latency, errors, traffic = 1.0, 1.0, 1.0
+        for i in INCIDENTS:
+            if (
+                i.service == svc.name
+                and i.instance in (None, self.name)
+                and i.start <= step < i.start + i.steps
+            ):
+                latency, errors, traffic = i.latency, i.errors, i.traffic
+        daily = 1 + 0.4 * math.sin(2 * math.pi * step / DAY_STEPS)
+        requests = max(0.0, rng.gauss(svc.rps * daily * traffic, svc.rps * 0.03)) * STEP_MS / 1000
+        failed = min(
+            requests,
+            max(0.0, rng.gauss(requests * svc.error_share * errors, requests * svc.error_share * 0.15)),
+        )
+        self.ok += requests - failed
+        self.errors += failed
+        # 200 sampled observations stand for this step's requests in the latency histogram.
+        weight = requests / 200
+        for _ in range(200):
+            observed = rng.lognormvariate(math.log(svc.latency * latency), 0.5)
+            self.total += observed * weight
+            for b, bound in enumerate(BUCKETS):
+                if observed <= bound:
+                    self.buckets[b] += weight
+        self.count += requests
+        base = (("instance", self.name), ("job", svc.name))
+
+        def series(name: str, value: float, *extra: tuple[str, str]) -> RawSeries:
+            return RawSeries(labels=tuple(sorted((("__name__", name), *base, *extra))), samples=[(ts, value)])
+
+        memory = 5.0e8 * (1 + 0.01 * rng.gauss(0, 1))
+        return [
+            series("http_requests_total", self.ok, ("code", "200")),
+            series("http_requests_total", self.errors, ("code", "500")),
+            *(
+                series(
+                    "http_request_duration_seconds_bucket",
+                    count,
+                    ("le", "+Inf" if math.isinf(b) else repr(b)),
+                )
+                for b, count in zip(BUCKETS, self.buckets, strict=True)
+            ),
+            series("http_request_duration_seconds_count", self.count),
+            series("http_request_duration_seconds_sum", self.total),
+            series("process_resident_memory_bytes", memory),
+        ]
 
 
 @dataclass
@@ -108,11 +159,12 @@ def _num(value: Any) -> str:
 
 
 def _caused_by(event: dict[str, Any], incident: Incident, start_ms: int) -> bool:
+    """An anomaly opened on the incident's service (and instance) while it ran, in any metric."""
     begin = start_ms + incident.start * STEP_MS
     end = begin + (incident.steps + 10) * STEP_MS
     return bool(
         event["service"] == incident.service
-        and event["metric"] == incident.metric
+        and incident.instance in (None, event["instance"])
         and begin <= event["window"]["start_ms"] < end
     )
 
@@ -122,21 +174,22 @@ def summary(board: Scoreboard, start_ms: int, steps_sent: int) -> list[str]:
     opened = [e["data"] for e in board.events if e["type"].endswith("opened")]
     detected = 0
     for incident in INCIDENTS:
-        name = f"{incident.service} {incident.what} ({incident.metric})"
+        name = f"{incident.service} {incident.what}"
         hits = [d for d in opened if _caused_by(d, incident, start_ms)]
         if incident.start >= steps_sent:
             lines.append(f"  not reached: {name} (run longer)")
-        elif hits:
+        elif any(d["metric"] == incident.metric for d in hits):
             detected += 1
             delay = (min(d["window"]["end_ms"] for d in hits) // STEP_MS) - (
                 start_ms // STEP_MS + incident.start
             )
-            lines.append(f"  detected:    {name} after {delay} simulated min")
+            metrics = ", ".join(sorted({d["metric"] for d in hits}))
+            lines.append(f"  detected:    {name} after {delay} simulated min, in {metrics}")
         else:
-            lines.append(f"  missed:      {name}")
+            lines.append(f"  missed:      {name} ({incident.metric})")
     other = sum(1 for d in opened if not any(_caused_by(d, i, start_ms) for i in INCIDENTS))
     lines.append(
-        f"  {detected}/{len(INCIDENTS)} incidents detected, {other} other anomalies, {board.sent} samples"
+        f"  {detected}/{len(INCIDENTS)} incidents detected, {other} false alarms, {board.sent} samples"
     )
     return lines
 
@@ -144,6 +197,8 @@ def summary(board: Scoreboard, start_ms: int, steps_sent: int) -> list[str]:
 async def _stream(config: VigilConfig, seconds: float, board: Scoreboard, console: Console) -> int:
     kafka = config.kafka
     rng = random.Random(7)
+    preparer = Preparer(config.labels, config.receiver.quantiles)
+    instances = [Instance(svc, f"{svc.name}-{i}") for svc in SERVICES for i in INSTANCES]
     producer = await start_producer(kafka)
     start_ms = (int(time.time() * 1000) // STEP_MS - 2 * DAY_STEPS) * STEP_MS
     started = time.monotonic()
@@ -161,17 +216,13 @@ async def _stream(config: VigilConfig, seconds: float, board: Scoreboard, consol
                 batches: dict[int, list[Series]] = {}
                 while step <= due:
                     ts = start_ms + step * STEP_MS
-                    for s in SIGNALS:
-                        for i in INSTANCES:
-                            instance = f"{s.service}-{i}"
-                            series = Series(
-                                s.service, s.metric, instance, [(ts, value_at(s, instance, step, rng))]
-                            )
-                            batches.setdefault(partition_for(series.key, kafka.partitions), []).append(series)
+                    raw = [r for instance in instances for r in instance.scrape(step, ts, rng)]
+                    for prepared in preparer.prepare(WriteRequest(series=raw)).series:
+                        batches.setdefault(partition_for(prepared.key, kafka.partitions), []).append(prepared)
                     step += 1
                 for partition, group in batches.items():
                     await producer.send(kafka.topics.samples, encode_batch(group), partition=partition)
-                    board.sent += len(group)
+                    board.sent += sum(len(g.points) for g in group)
                 live.update(board.table(elapsed, seconds))
                 await asyncio.sleep(0.05)
             await producer.flush()
@@ -180,7 +231,7 @@ async def _stream(config: VigilConfig, seconds: float, board: Scoreboard, consol
     finally:
         collector.cancel()
         await producer.stop()
-    for line in ["Summary:", *summary(board, start_ms, step)]:
+    for line in ["", "Summary:", *summary(board, start_ms, step)]:
         console.print(line)
     return 0
 
