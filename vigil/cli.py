@@ -55,7 +55,7 @@ def run(config: ConfigOption = None) -> None:
     from vigil.runtime import supervise
 
     cfg = _load(config)
-    raise typer.Exit(supervise(config, cfg, ["worker"]))
+    raise typer.Exit(supervise(config, cfg, ["worker", "ingest"] if cfg.receiver.enabled else ["worker"]))
 
 
 @app.command()
@@ -71,6 +71,24 @@ def worker(
 
     sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
     run_worker(cfg, loglevel=loglevel)
+
+
+@app.command()
+def ingest(
+    config: ConfigOption = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warn or error")] = "warn",
+) -> None:
+    """Run the remote-write receiver against kafka.bootstrap_servers until SIGINT/SIGTERM."""
+    cfg = _load(config)
+    if cfg.kafka.embedded:
+        raise _fail(VigilError("`vigil ingest` needs kafka.bootstrap_servers; `vigil run` starts a broker"))
+    from connectors.receiver import run_ingest
+
+    logging.getLogger().setLevel(loglevel.upper())
+    try:
+        run_ingest(cfg)
+    except VigilError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()
