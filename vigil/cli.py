@@ -51,7 +51,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Run everything: the embedded broker (unless kafka.bootstrap_servers is set) and the worker."""
+    """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver."""
     from vigil.runtime import supervise
 
     cfg = _load(config)
