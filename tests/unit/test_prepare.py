@@ -6,12 +6,14 @@ import doctest
 import math
 import struct
 from collections.abc import Sequence
+from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import engine.prepare
+import engine.histograms
+import engine.series_names
 from engine.config import LabelsConfig
 from engine.prepare import Count, Prepared, Preparer
 from engine.raw import Labels, MetricKind, NativeHistogram, RawSeries, WriteRequest
@@ -61,8 +63,9 @@ def approx_points(points: list[Point]) -> list[tuple[int, object]]:
     return [(ts, None if v is None else pytest.approx(v)) for ts, v in points]
 
 
-def test_doctests() -> None:
-    result = doctest.testmod(engine.prepare)
+@pytest.mark.parametrize("module", [engine.histograms, engine.series_names], ids=lambda m: m.__name__)
+def test_doctests(module: ModuleType) -> None:
+    result = doctest.testmod(module)
     assert result.attempted > 0
     assert result.failed == 0
 
