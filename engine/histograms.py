@@ -11,10 +11,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Hist", "bucket_list", "bucket_quantiles", "expand_spans", "hist_increase", "native_quantile"]
+__all__ = [
+    "Hist",
+    "bucket_list",
+    "bucket_quantiles",
+    "expand_spans",
+    "hist_increase",
+    "native_quantile",
+    "sorted_bucket_quantiles",
+]
 
 _INF: Final = math.inf
 _SMALL_DELTA: Final = 1e-12  # Prometheus' smallDeltaTolerance for bucket counts
+# counts 0 < a < b with b > _NOT_TINY and b - a > _APART * b are surely not almost equal: their relative
+# difference (b - a) / (a + b) is over _APART / 2, far above _SMALL_DELTA, whatever the rounding
+_APART: Final = 1e-10
+_NOT_TINY: Final = 1e-300
 _MIN_NORMAL: Final = sys.float_info.min
 
 
@@ -59,12 +71,29 @@ def bucket_quantiles(qs: Sequence[float], buckets: Sequence[tuple[float, float]]
         else:
             bounds.append(bound)
             counts.append(count)
+    return sorted_bucket_quantiles(qs, bounds, counts)
+
+
+def sorted_bucket_quantiles(
+    qs: Sequence[float], bounds: Sequence[float], counts: list[float]
+) -> list[float] | None:
+    """:func:`bucket_quantiles` over buckets already in order: distinct ascending ``bounds`` ending with
+    ``+Inf`` (not checked) and their cumulative ``counts``, which are evened out in place.
+
+    Lets a caller that sees the same bounds again and again sort them once.
+
+    >>> sorted_bucket_quantiles([0.5, 0.9], [1.0, 2.0, math.inf], [10.0, 20.0, 20.0])
+    [1.0, 1.8]
+    """
     prev = counts[0]
     for i in range(1, len(counts)):  # ensureMonotonicAndIgnoreSmallDeltas
         cur = counts[i]
         if cur == prev:
             continue
-        if _almost_equal(prev, cur, _SMALL_DELTA) or cur < prev:
+        if prev > 0 and cur > _NOT_TINY and cur - prev > _APART * cur:  # the usual case, without a call
+            prev = cur
+            continue
+        if cur < prev or _almost_equal(prev, cur, _SMALL_DELTA):
             counts[i] = prev
             continue
         prev = cur

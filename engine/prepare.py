@@ -129,7 +129,9 @@ class Preparer:
         self._outputs: dict[tuple[str, str, str], Output] = {}
         self._groups: dict[tuple[str, ...], Group] = {}
         self._metadata: dict[str, MetricKind] = {}
-        self._waiting: set[Group] = set()  # groups with timestamps waiting for members
+        # groups with timestamps waiting for members, in the order they started waiting: a dict, not a set,
+        # so that they are computed (and their series listed) in the same order on every run
+        self._waiting: dict[Group, None] = {}
         self._touched: list[Output] = []  # outputs with points in the current request
         self._counts: dict[str, int] = {}
         self._epoch = 0
@@ -248,7 +250,7 @@ class Preparer:
         group.refs -= 1
         if group.refs <= 0:
             self._groups.pop(group.key, None)
-            self._waiting.discard(group)
+            self._waiting.pop(group, None)
             for out in group.outs:
                 self._release(out)
 

@@ -1,16 +1,22 @@
 """Series that :mod:`engine.prepare` computes together per timestamp: classic histogram buckets, _sum/_count.
 
 Prometheus shards series over requests, so the members of a group may arrive in different requests; a
-group collects their samples per timestamp and computes each timestamp once, in time order, when every
-member has sent it or will not send it anymore.
+group collects their samples and computes each timestamp once, in time order, when every member has sent
+it or will not send it anymore.
+
+Cheap on purpose (it sees most samples of a histogram-heavy request): a bucket's samples go in with one
+dict update per request, a group nothing was sent to since its last flush is not looked at again, and the
+timestamps given up in bulk are only counted, except the few that can still give something.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Final, cast
+from bisect import bisect_left
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, ClassVar, Final, cast
 
-from engine.histograms import bucket_quantiles
+from engine.histograms import sorted_bucket_quantiles
 from engine.prepare_counts import Count
 from engine.series_state import NEVER, BucketTrack, CounterTrack, Output
 
@@ -22,10 +28,13 @@ __all__ = ["Group", "MeanGroup", "QuantileGroup"]
 _INF: Final = math.inf
 _MAX_WAIT_MS: Final = 60_000  # how long (sample time) a histogram timestamp waits for missing buckets
 _MAX_PENDING: Final = 8  # timestamps a histogram may have waiting at once
+_NO_MEMBER: Final = 1 << 62  # "the oldest member" of none: later than any timestamp
 
 _Member = CounterTrack | BucketTrack
 _Row = dict[float | str, float]
 _PendingRow = dict[float | str, float | None]  # None: that member's stale marker
+_Buckets = tuple[list[float], list[float]]  # ascending bounds (the last +Inf), cumulative counts
+_Sent = dict[int, float | None]  # one member key's waiting samples by timestamp (None: its stale marker)
 
 
 class Group:
@@ -35,64 +44,191 @@ class Group:
     (or will not send it anymore), in time order.
     """
 
-    __slots__ = ("done_ts", "key", "live", "members", "newest", "outs", "pending", "prev", "refs")
+    __slots__ = (
+        "changed",
+        "done_ts",
+        "key",
+        "live",
+        "members",
+        "newest",
+        "outs",
+        "prev",
+        "refs",
+        "sent",
+        "stale",
+    )
 
-    required: frozenset[float | str] = frozenset()
+    required: ClassVar[frozenset[float | str]]  # the members no timestamp is computed without (never none)
 
     def __init__(self, key: tuple[str, ...], outs: list[Output]) -> None:
         self.key = key
         self.outs = outs
         self.members: dict[float | str, _Member] = {}
-        self.pending: dict[int, _PendingRow] = {}
+        # the waiting samples by member key, then timestamp (not by timestamp, then key): a bucket's samples
+        # of one request go in with one update, and a timestamp's row is only put together when looked at
+        self.sent: dict[float | str, _Sent] = {}
+        self.stale: set[int] = set()  # waiting timestamps with a stale marker (or that had one)
         self.prev: _Row | None = None
         self.done_ts = NEVER
         self.newest = NEVER
         self.live = False
         self.refs = 0
+        self.changed = False  # a member sent something or left since the last flush
 
     def add(self, p: Preparer, ts: int, member: _Member, value: float | None) -> None:
         """Collect a member's sample; ``None`` is its stale marker."""
+        self.changed = True
         if ts <= self.done_ts:
             p._count(Count.LATE)
             return
+        key = member.key
         members = self.members
-        if members.get(member.key) is not member:
-            members[member.key] = member  # (re)joining, e.g. after a stale marker
-        if value is not None:
+        if members.get(key) is not member:
+            members[key] = member  # (re)joining, e.g. after a stale marker
+        sent = self.sent.get(key)
+        if sent is None:
+            sent = self.sent[key] = {}
+        sent[ts] = value
+        if value is None:
+            self.stale.add(ts)
+        else:
             self.live = True
-        row = self.pending.get(ts)
-        if row is None:
-            row = self.pending[ts] = {}
-            if ts > self.newest:
-                self.newest = ts
-            p._waiting.add(self)
-        row[member.key] = value
+        if ts > self.newest:
+            self.newest = ts
+        p._waiting[self] = None  # (where it was, if it was waiting already)
+
+    def collect(self, p: Preparer, member: BucketTrack, samples: list[tuple[int, float]]) -> None:
+        """A bucket's samples of one request, as sent: :meth:`add` for the ones newer than the bucket's last
+        that are finite or a stale marker; the others are counted (out of order, NaN, ±Inf).
+
+        One call per series rather than per sample: most samples are buckets. When they are all in order,
+        finite and not late (the usual case), they go in with one update.
+        """
+        if not samples:
+            return
+        self.changed = True  # also when nothing is added: a newer last timestamp may decide waiting ones
+        last = member.last_ts
+        newest = max(last, self.done_ts)
+        for ts, v in samples:
+            if ts <= newest or v - v:  # out of order, late, NaN or ±Inf (v - v is 0 for every finite v)
+                self._collect_each(p, member, samples)
+                return
+            newest = ts
+        key = member.key
+        sent = self.sent.get(key)
+        if sent is None:
+            self.sent[key] = dict(samples)
+        else:
+            sent.update(samples)
+        member.last_ts = newest
+        members = self.members
+        if members.get(key) is not member:
+            members[key] = member
+        self.live = True
+        if newest > self.newest:
+            self.newest = newest
+        p._waiting[self] = None
+
+    def _collect_each(self, p: Preparer, member: BucketTrack, samples: list[tuple[int, float]]) -> None:
+        """:meth:`collect`, one sample at a time."""
+        done = self.done_ts
+        for ts, v in samples:
+            last = member.last_ts
+            if ts <= last:
+                p._disorder(ts == last)
+                continue
+            member.last_ts = ts
+            if v - v:
+                if p._nonfinite(v):
+                    self.add(p, ts, member, None)
+            elif ts <= done:
+                p._count(Count.LATE)
+            else:
+                self.add(p, ts, member, v)
+
+    def _row(self, ts: int) -> _PendingRow:
+        """What the members sent for ``ts``."""
+        return {key: sent[ts] for key, sent in self.sent.items() if ts in sent}
 
     def flush(self, p: Preparer) -> None:
         """Compute the waiting timestamps that are complete or will not complete (after each request).
 
         Deciding only after the whole request has been read lets a new histogram's buckets all join first.
+        In time order: a timestamp every member sent is computed. One that is over a minute older than the
+        newest, or that more than ``_MAX_PENDING`` later ones would be left waiting behind, is computed
+        with what it has, after dropping the members that sent nothing since. Any other waits, with all
+        later ones, while some member may still send it.
         """
-        pending = self.pending
+        if not self.changed:  # nothing new: it would stop where it stopped last time
+            return
+        self.changed = False
+        sent = self.sent
+        order = sorted(set().union(*sent.values()))
+        # the first timestamps will not wait any longer: too many behind them, or too old
+        forced = max(len(order) - _MAX_PENDING, bisect_left(order, self.newest - _MAX_WAIT_MS))
+        oldest = _oldest(self.members)  # the oldest last timestamp of a member
+        if forced > 0:
+            oldest = self._give_up(p, order, forced, oldest)
         members = self.members
         required = self.required
-        for ts in sorted(pending):
-            row = pending[ts]
-            complete = len(row) >= len(members) and required <= row.keys()
-            if not complete:
-                if ts < self.newest - _MAX_WAIT_MS or len(pending) > _MAX_PENDING:
-                    # members that sent nothing since are gone: stop waiting for them
-                    for key in [k for k, m in members.items() if m.last_ts < ts]:
-                        del members[key]
-                    complete = len(row) >= len(members) and required <= row.keys()
-                elif not required <= members.keys() or any(m.last_ts < ts for m in members.values()):
-                    break  # some member may still send it (a new histogram's +Inf bucket may be unknown yet)
-            del pending[ts]
-            self._finalize(p, ts, row, complete=complete)
-        if not pending:
-            p._waiting.discard(self)
+        done = forced
+        for ts in order[forced:]:
+            row = self._row(ts)
+            complete = len(row) >= len(members) and row.keys() >= required
+            if not complete and (oldest < ts or not members.keys() >= required):
+                break  # some member may still send it (a new histogram's +Inf bucket may be unknown yet)
+            done += 1
+            oldest = self._finalize(p, ts, row, complete=complete, oldest=oldest)
+        if done == len(order):
+            sent.clear()
+            self.stale.clear()
+            p._waiting.pop(self, None)
+        elif done:  # keep the rest (at most _MAX_PENDING timestamps)
+            kept = order[done:]
+            for key, samples in sent.items():
+                sent[key] = {ts: samples[ts] for ts in kept if ts in samples}
+            if self.stale:
+                self.stale.intersection_update(kept)
 
-    def _finalize(self, p: Preparer, ts: int, row: _PendingRow, *, complete: bool) -> None:
+    def _give_up(self, p: Preparer, order: list[int], forced: int, oldest: int) -> int:
+        """Decide the first ``forced`` of the waiting timestamps ``order``, which cannot wait any longer.
+
+        Each would drop the members that sent nothing since (unless it is complete) and be computed with
+        what it has, which gives nothing (but a count) unless it has every required member or a stale
+        marker: only those are looked at, and the members are dropped when one is, in one go for the
+        timestamps given up before it.
+        """
+        members = self.members
+        required = self.required
+        last = forced - 1  # the last of them
+        candidates = set(self.stale)
+        for key in required:
+            candidates.update(self.sent.get(key, ()))
+        looked = -1  # the last one looked at
+        for ts in sorted(t for t in candidates if t <= order[last]):
+            row = self._row(ts)
+            if not (row.keys() >= required or None in row.values()):
+                continue  # e.g. a _sum without its _count: given up like the others
+            i = bisect_left(order, ts, looked + 1, forced)
+            if i > looked + 1:  # the ones given up since the last one looked at
+                p._count(Count.INCOMPLETE_GROUP, i - looked - 1)
+                if oldest < order[i - 1]:
+                    oldest = _drop_older(members, order[i - 1])
+            looked = i
+            complete = len(row) >= len(members) and row.keys() >= required
+            if not complete and oldest < ts:
+                oldest = _drop_older(members, ts)
+                complete = len(row) >= len(members) and row.keys() >= required
+            oldest = self._finalize(p, ts, row, complete=complete, oldest=oldest)
+        if last > looked:
+            p._count(Count.INCOMPLETE_GROUP, last - looked)
+            if oldest < order[last]:
+                oldest = _drop_older(members, order[last])
+        self.done_ts = order[last]
+        return oldest
+
+    def _finalize(self, p: Preparer, ts: int, row: _PendingRow, *, complete: bool, oldest: int) -> int:
+        """Compute one timestamp, or give it up; ``oldest`` (the oldest last timestamp of a member) after."""
         self.done_ts = ts
         if None in row.values():  # stale markers: the derived series end, the state is forgotten
             for key, value in row.items():
@@ -104,29 +240,43 @@ class Group:
                 self.live = False
             rest = {key: value for key, value in row.items() if value is not None}
             self.prev = rest or None  # a single bucket going away: the others carry on from here
-            return
+            return _oldest(self.members)
         values = cast(_Row, row)
         prev = self.prev
         if not complete and not (
             self.required <= values.keys() and (prev is None or prev.keys() <= values.keys())
         ):
             p._count(Count.INCOMPLETE_GROUP)
-            return
+            return oldest
         self._compute(p, prev, values, ts)
         self.prev = values
+        return oldest
 
     def _compute(self, p: Preparer, prev: _Row | None, row: _Row, ts: int) -> None:
         raise NotImplementedError
 
     def leave(self, member: _Member) -> None:
+        self.changed = True
         if self.members.get(member.key) is member:
             del self.members[member.key]
+
+
+def _oldest(members: dict[float | str, _Member]) -> int:
+    """The oldest last timestamp of ``members``; later than any timestamp when there are none."""
+    return min([m.last_ts for m in members.values()], default=_NO_MEMBER)
+
+
+def _drop_older(members: dict[float | str, _Member], ts: int) -> int:
+    """Drop the members whose last timestamp is before ``ts``; the oldest last timestamp of the others."""
+    for key in [k for k, m in members.items() if m.last_ts < ts]:
+        del members[key]
+    return _oldest(members)
 
 
 class QuantileGroup(Group):
     """The buckets of one classic histogram → its quantile series."""
 
-    __slots__ = ("absolute", "qs")
+    __slots__ = ("absolute", "bounds", "qs")
 
     required = frozenset({_INF})
 
@@ -136,32 +286,58 @@ class QuantileGroup(Group):
         super().__init__(key, outs)
         self.qs = qs
         self.absolute = absolute
+        self.bounds: tuple[frozenset[float | str], list[float]] = (frozenset(), [])  # last bounds, sorted
+
+    def _sorted(self, keys: AbstractSet[float | str]) -> list[float]:
+        """The bucket bounds ``keys`` in ascending order: sorted once while the buckets stay the same."""
+        known, ordered = self.bounds
+        if keys != known:
+            ordered = sorted(cast(AbstractSet[float], keys))
+            self.bounds = (frozenset(keys), ordered)
+        return ordered
 
     def _compute(self, p: Preparer, prev: _Row | None, row: _Row, ts: int) -> None:
-        buckets: list[tuple[float, float]] = []
-        if self.absolute:  # gauge histogram: the counts are the distribution now
-            buckets = [(k, v) for k, v in row.items() if isinstance(k, float)]
-            total = row.get(_INF, 0.0)
-        else:
-            if prev is None or _INF not in prev or _INF not in row:
-                return
-            reset = row[_INF] < prev[_INF]
-            if reset:
-                p._count(Count.COUNTER_RESET)
-            for k, v in row.items():
-                before = prev.get(k)
-                if before is not None and isinstance(k, float):
-                    buckets.append((k, v if reset or v < before else v - before))
-            total = row[_INF] if reset else row[_INF] - prev[_INF]
-        if not total > 0:
-            p._count(Count.NO_TRAFFIC)
+        buckets = self._absolute(p, row) if self.absolute else self._increase(p, prev, row)
+        if buckets is None:
             return
-        values = bucket_quantiles(self.qs, buckets)
-        if values is None:  # only a +Inf bucket: nothing to interpolate
+        values = sorted_bucket_quantiles(self.qs, *buckets)
+        if values is None:  # only a +Inf bucket in common with the previous timestamp
             return
         for out, value in zip(self.outs, values, strict=True):
             if not value - value:
                 p._emit(out, [(ts, value)])
+
+    def _absolute(self, p: Preparer, row: _Row) -> _Buckets | None:
+        """A gauge histogram's buckets (bounds, counts): the counts are the distribution now."""
+        if not row.get(_INF, 0.0) > 0:
+            p._count(Count.NO_TRAFFIC)
+            return None
+        if len(row) < 2:  # only a +Inf bucket: nothing to interpolate
+            return None
+        bounds = self._sorted(row.keys())
+        return bounds, [row[bound] for bound in bounds]
+
+    def _increase(self, p: Preparer, prev: _Row | None, row: _Row) -> _Buckets | None:
+        """The buckets (bounds, counts) of the increase since the previous timestamp, as ``rate()`` has it."""
+        if prev is None:
+            return None
+        last, now = prev.get(_INF), row.get(_INF)
+        if last is None or now is None:
+            return None
+        reset = now < last
+        if reset:
+            p._count(Count.COUNTER_RESET)
+        if not (now if reset else now - last) > 0:
+            p._count(Count.NO_TRAFFIC)
+            return None
+        if len(row) < 2:  # only a +Inf bucket: nothing to interpolate
+            return None
+        keys = row.keys()
+        bounds = self._sorted(keys if keys == prev.keys() else keys & prev.keys())
+        if reset:
+            return bounds, [row[bound] for bound in bounds]
+        # a bucket that went down alone restarted too
+        return bounds, [v if (v := row[b]) < (before := prev[b]) else v - before for b in bounds]
 
 
 class MeanGroup(Group):

@@ -239,17 +239,7 @@ class BucketTrack(Track):
         self.key: float | str = le
 
     def feed(self, p: Preparer, samples: list[tuple[int, float]], created_ms: int) -> None:
-        group = self.group
-        for ts, v in samples:
-            if ts <= self.last_ts:
-                p._disorder(ts == self.last_ts)
-                continue
-            self.last_ts = ts
-            if v - v:
-                if p._nonfinite(v):
-                    group.add(p, ts, self, None)
-                continue
-            group.add(p, ts, self, v)
+        self.group.collect(p, self, samples)
 
     def release(self, p: Preparer) -> None:
         super().release(p)

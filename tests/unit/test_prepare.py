@@ -209,6 +209,52 @@ def test_histogram_buckets_from_two_shards_with_several_timestamps() -> None:
     assert got.counts == {Count.NO_TRAFFIC: 1}
 
 
+def test_buckets_that_never_share_a_timestamp_are_given_up_and_counted() -> None:
+    # each bucket 7 ms after the previous one, 10 samples a request: more than 8 timestamps wait, so the
+    # oldest are given up; the +Inf-only ones still tell resets and quiet intervals of the +Inf bucket
+    p = preparer()
+    counts = []
+    for step in range(3):
+        start = T0 + step * 10_000
+        request = [
+            raw(
+                "rpc_seconds_bucket",
+                [(start + j * 7 + k * 1000, (step + k % 3) * (j + 1.0)) for k in range(10)],
+                le=le,
+            )
+            for j, le in enumerate(BOUNDS)
+        ]
+        got = run(p, *request)
+        assert got.series == []
+        counts.append(got.counts)
+    assert counts == [
+        {Count.INCOMPLETE_GROUP: 28, Count.COUNTER_RESET: 2, Count.NO_TRAFFIC: 2},
+        {Count.INCOMPLETE_GROUP: 30, Count.COUNTER_RESET: 3, Count.NO_TRAFFIC: 1},
+        {Count.INCOMPLETE_GROUP: 30, Count.COUNTER_RESET: 3},
+    ]
+
+
+def _histograms_waiting_at_once(methods: Sequence[str]) -> list[WriteRequest]:
+    """Several histograms whose +Inf buckets always come one request late: all wait, then all complete."""
+    requests = []
+    for step in range(3):
+        ts = T0 + step * S
+        split = [buckets(ts, [1 + step, 2 + 3 * step, 3 + 5 * step, 4 + 7 * step], method=m) for m in methods]
+        requests.append(WriteRequest([s for histogram in split for s in histogram[:-1]]))
+        requests.append(WriteRequest([histogram[-1] for histogram in split]))
+    return requests
+
+
+def test_two_preparers_fed_the_same_stream_give_identical_output() -> None:
+    methods = [f"m{i:02}" for i in range(40)]
+    first, second = preparer(), preparer()
+    got = [first.prepare(request) for request in _histograms_waiting_at_once(methods)]
+    assert got == [second.prepare(request) for request in _histograms_waiting_at_once(methods)]
+    # the histograms are computed in the order they started waiting, not in an order of memory addresses
+    p50s = [s.metric for s in got[-1].series if s.metric.startswith("rpc_seconds:p50")]
+    assert p50s == [f'rpc_seconds:p50{{method="{m}"}}' for m in methods]
+
+
 def test_histogram_without_traffic_gives_nothing() -> None:
     p = preparer()
     run(p, *buckets(T0, [5, 10, 20, 30]))
