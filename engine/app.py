@@ -1,4 +1,5 @@
-"""The Faust application: topics, the model table, the agent. The only module that imports faust."""
+"""The Faust application: topics, the model table, the agent. With engine/faust_fixes.py, the only module
+that imports faust."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from engine import faust_fixes
 from engine.bank import ModelBank
 from engine.config import VigilConfig
 from engine.processor import Processor, Source
@@ -49,6 +51,7 @@ def faust_settings(config: VigilConfig) -> dict[str, Any]:
 
 
 def create_app(config: VigilConfig) -> faust.App:
+    faust_fixes.install()
     kafka = config.kafka
     app = faust.App(kafka.app_id, **faust_settings(config))
     samples = app.topic(kafka.topics.samples, partitions=kafka.partitions)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -205,6 +206,12 @@ def test_a_restarted_worker_gets_every_model_back(
     assert first.stop() == 0
 
     worker_factory(config)
+    # Wait until the new worker has recovered and consumes every partition: a garbage probe per partition
+    # comes back as a dead letter. (Probes are resent: Faust can drop an event fetched while a starting
+    # worker recovers its tables — a known issue, see README — and this test is about the table.)
+    asyncio.run(
+        _consuming_all(broker.bootstrap_servers, config.kafka.topics, config.kafka.partitions, timeout=90)
+    )
     _send(broker.bootstrap_servers, topic, records(80, 5, lambda i: 1000.0))
     events = asyncio.run(
         read_topic(
@@ -216,6 +223,33 @@ def test_a_restarted_worker_gets_every_model_back(
     )
     raised = {e["data"]["metric"] for e in opened(events)}
     assert raised == {m for _, m in keys}, f"models lost for {sorted({m for _, m in keys} - raised)}"
+
+
+async def _consuming_all(bootstrap: str, topics: Any, partitions: int, *, timeout: float) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(
+        topics.deadletter, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="latest"
+    )
+    await producer.start()
+    await consumer.start()
+    answered: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(answered) < partitions and time.monotonic() < deadline:
+            for p in set(range(partitions)) - answered:
+                await producer.send_and_wait(topics.samples, b"probe", partition=p)
+            until = time.monotonic() + 2
+            while time.monotonic() < until and len(answered) < partitions:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    answered.update(orjson.loads(m.value)["source"]["partition"] for m in messages)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    assert len(answered) == partitions, (
+        f"the restarted worker does not consume partitions {answered ^ set(range(partitions))}"
+    )
 
 
 async def _checkpointed(
