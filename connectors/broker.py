@@ -64,6 +64,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            start_new_session=True,  # Ctrl-C reaches our process, which stops the broker last
         )
         atexit.register(self.stop)
         try:

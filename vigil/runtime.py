@@ -79,8 +79,10 @@ def with_kafka(config: VigilConfig, servers: str, quirks: bool | None = None) ->
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # SIGKILL, not SIGTERM: if the supervisor died, so did the broker, and a graceful Faust shutdown
+    # without its broker can hang for ever.
     if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def child_env(config: VigilConfig) -> dict[str, str]:
@@ -96,12 +98,28 @@ def spawn(
     args = [sys.executable, "-m", "vigil", command, *extra]
     if config_path is not None:
         args += ["-c", str(config_path)]
+    # A session of its own: Ctrl-C in a terminal reaches only the supervisor, which stops the parts in order
+    # (worker and ingest first, the broker last) instead of all of them at once.
     return subprocess.Popen(
-        args, env=child_env(config), stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        args,
+        env=child_env(config),
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+        start_new_session=True,
     )
 
 
 def stop_all(children: list[subprocess.Popen[bytes]], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM, then SIGKILL after ``grace``; a second Ctrl-C must not cut this short and orphan a child."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _stop_all(children, grace)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]], grace: float) -> None:
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)

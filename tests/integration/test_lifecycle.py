@@ -105,6 +105,48 @@ def test_vigil_run_stops_everything_within_ten_seconds(tmp_path: Path, sig: sign
     assert "Traceback" not in output
 
 
+def _pids_of(pattern: bytes) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if pattern in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_ctrl_c_in_a_terminal_twice_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole process group; an impatient user presses it twice."""
+    config = tmp_path / "vigil.yaml"
+    config.write_text((ROOT / "config" / "vigil.yaml").read_text())  # a path unique to this test
+    env = dict(os.environ, VIGIL_STATE_DIR=str(tmp_path))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vigil", "run", "-c", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    state = tmp_path / "embedded.json"
+    try:
+        assert wait_for(state.exists, 30)
+        port = int(orjson.loads(state.read_bytes())["bootstrap_servers"].rsplit(":", 1)[1])
+        assert wait_for(lambda: len(_pids_of(str(config).encode())) >= 3, 30)  # run, worker, ingest
+        time.sleep(3)
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert wait_for(lambda: not _pids_of(str(config).encode()), 10), "a worker or ingest process was orphaned"
+    assert not broker_pids(port)
+
+
 def test_killed_supervisor_takes_the_broker_with_it(tmp_path: Path) -> None:
     env = dict(os.environ, VIGIL_STATE_DIR=str(tmp_path))
     process = subprocess.Popen([sys.executable, "-m", "vigil", "run"], env=env, stdout=subprocess.DEVNULL)
