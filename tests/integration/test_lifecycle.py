@@ -20,21 +20,24 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def broker_pids(port: int) -> list[int]:
-    """PIDs of Tansu processes listening on ``port`` (found through /proc, no extra tools)."""
+def pids_with(*parts: bytes) -> list[int]:
+    """PIDs whose command line contains every one of ``parts`` (found through /proc, no extra tools)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if any(b"tansu" in part for part in cmdline[:1]) and f"127.0.0.1:{port}".encode() in b" ".join(
-            cmdline
-        ):
+        if all(part in cmdline for part in parts):
             found.append(int(entry.name))
     return found
+
+
+def broker_pids(port: int) -> list[int]:
+    """PIDs of Tansu processes listening on ``port``."""
+    return pids_with(b"tansu", f"127.0.0.1:{port}".encode())
 
 
 def wait_for(predicate: object, timeout: float) -> bool:
@@ -105,18 +108,6 @@ def test_vigil_run_stops_everything_within_ten_seconds(tmp_path: Path, sig: sign
     assert "Traceback" not in output
 
 
-def _pids_of(pattern: bytes) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if pattern in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def test_ctrl_c_in_a_terminal_twice_leaves_nothing_behind(tmp_path: Path) -> None:
     """A terminal's Ctrl-C signals the whole process group; an impatient user presses it twice."""
     config = tmp_path / "vigil.yaml"
@@ -133,7 +124,7 @@ def test_ctrl_c_in_a_terminal_twice_leaves_nothing_behind(tmp_path: Path) -> Non
     try:
         assert wait_for(state.exists, 30)
         port = int(orjson.loads(state.read_bytes())["bootstrap_servers"].rsplit(":", 1)[1])
-        assert wait_for(lambda: len(_pids_of(str(config).encode())) >= 3, 30)  # run, worker, ingest
+        assert wait_for(lambda: len(pids_with(str(config).encode())) >= 3, 30)  # run, worker, ingest
         time.sleep(3)
         os.killpg(process.pid, signal.SIGINT)
         time.sleep(0.3)
@@ -143,7 +134,9 @@ def test_ctrl_c_in_a_terminal_twice_leaves_nothing_behind(tmp_path: Path) -> Non
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert wait_for(lambda: not _pids_of(str(config).encode()), 10), "a worker or ingest process was orphaned"
+    assert wait_for(lambda: not pids_with(str(config).encode()), 10), (
+        "a worker or ingest process was orphaned"
+    )
     assert not broker_pids(port)
 
 
