@@ -135,13 +135,7 @@ class GaugeTrack(Track):
         self.last_ts = last
         self.live = live
         if new:
-            out = self.out
-            if out.points is None and new[0][0] > out.last_ts:  # the common case, inlined
-                out.points = new
-                out.last_ts = new[-1][0]
-                p._touched.append(out)
-            else:
-                p._emit(out, new)
+            p._emit(self.out, new)
 
     def release(self, p: Preparer) -> None:
         super().release(p)
@@ -210,13 +204,7 @@ class CounterTrack(Track):
         self.last_ts = last_ts
         self.last_v = last_v
         if new:
-            out = self.out
-            if out.points is None and new[0][0] > out.last_ts:  # the common case, inlined
-                out.points = new
-                out.last_ts = new[-1][0]
-                p._touched.append(out)
-            else:
-                p._emit(out, new)
+            p._emit(self.out, new)
 
     def release(self, p: Preparer) -> None:
         super().release(p)
