@@ -36,7 +36,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` that has the kernel SIGKILL the child when its parent dies (Linux), so none is orphaned.
+
+    SIGKILL, not SIGTERM: when Vigil's supervisor died, so did the broker, and a graceful Faust shutdown
+    without its broker can hang for ever.
+    """
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -63,7 +68,7 @@ class EmbeddedBroker:
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             start_new_session=True,  # Ctrl-C reaches our process, which stops the broker last
         )
         atexit.register(self.stop)

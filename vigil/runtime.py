@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from types import FrameType
 
 import orjson
 
-from connectors.broker import EmbeddedBroker
+from connectors.broker import EmbeddedBroker, die_with_parent
 from connectors.kafka import ensure_topics, topic_names
 from engine.config import VigilConfig
 from engine.errors import VigilError
@@ -78,13 +77,6 @@ def with_kafka(config: VigilConfig, servers: str, quirks: bool | None = None) ->
     return config.model_copy(update={"kafka": kafka})
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # SIGKILL, not SIGTERM: if the supervisor died, so did the broker, and a graceful Faust shutdown
-    # without its broker can hang for ever.
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-
 def child_env(config: VigilConfig) -> dict[str, str]:
     env = dict(os.environ)
     env["VIGIL_KAFKA__BOOTSTRAP_SERVERS"] = config.kafka.bootstrap_servers
@@ -104,7 +96,7 @@ def spawn(
         args,
         env=child_env(config),
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
         start_new_session=True,
     )
 
