@@ -58,6 +58,8 @@ class Topics(Frozen):
     samples: str = "vigil.samples"
     verdicts: str = "vigil.verdicts"
     deadletter: str = "vigil.deadletter"
+    #: compacted, keyed by metric family: remote-write metadata (types), read by every worker
+    metadata: str = "vigil.metadata"
 
 
 class KafkaConfig(Frozen):

@@ -1,14 +1,39 @@
-"""The wire format of ``vigil.samples``: batches of prepared samples, grouped by series.
+"""The wire format of ``vigil.samples``: batches of samples, grouped by series.
 
-A message holds the samples of one partition, grouped per series::
+Version 2 (written by ingest, the poller and ``vigil replay``) carries one of two kinds of series:
 
-    {"v": 1, "series": [{"service": "checkout", "metric": "http_requests_total:rate",
-                         "instance": "10.0.0.7:8080", "points": [[1732530000000, 12.5], ...]}]}
+* ``"kind": "raw"`` — series exactly as a remote-write sender sent them, **not yet prepared** (the worker
+  turns counters into rates and histogram buckets into quantiles)::
 
-Timestamps are Unix milliseconds. A ``null`` value is a stale marker: the series ended there.
-Every series of one analysis key (service, metric) lands in the same partition, chosen with Kafka's own
-murmur2 partitioner on :func:`analysis_key`, so producers that key single-series messages by the analysis
-key and producers that batch per partition agree.
+    {"v": 2, "kind": "raw", "series": [
+      {"labels": {"__name__": "http_requests_total", "code": "500", "instance": "a:80", "job": "checkout"},
+       "samples": [[1732530000000, 1027.0], [1732530015000, null]],
+       "type": "counter",              # optional: the series' own metadata (remote-write 2.0)
+       "created_ms": 1732520000000,    # optional: its created timestamp (remote-write 2.0)
+       "histograms": [                 # optional: native histograms, fields as engine.raw.NativeHistogram
+         {"timestamp_ms": 1732530000000, "schema": 3, "zero_threshold": 1e-128, "zero_count": 0.0,
+          "count": 12.0, "sum": 3.5, "positive_spans": [[0, 2]], "positive_counts": [5.0, 7.0],
+          "negative_spans": [], "negative_counts": [], "reset_hint": 0}]}]}
+
+  A ``null`` sample value (or a ``null`` histogram ``sum``) is the stale marker; other NaN and ±Inf samples
+  are dropped and counted by the sender's side, never written.
+* ``"kind": "prepared"`` — series already computed (PromQL results, CSV replays): analysed as they are::
+
+    {"v": 2, "kind": "prepared", "series": [
+      {"service": "checkout", "metric": "error_ratio", "instance": "a:80", "points": [[1732530000000, 0.01]]}]}
+
+Version 1 (``{"v": 1, "series": [...]}``, prepared series only) is still read, so a worker can be upgraded
+while older records wait on the topic.
+
+**Keys and partitions.** The sample key is :func:`sample_key` (service, metric family): every series of one
+family of one service — all buckets of a histogram, its ``_sum`` and ``_count``, every label variant of a
+counter — lands in one partition (Kafka's murmur2 partitioner on the key, :func:`partition_for`), so the
+worker owning that partition prepares and analyses the whole family. For raw series the service is the value
+of the configured service label (``labels.service``, or ``labels.default_service``) and the family is
+:func:`family_of` the ``__name__``; for prepared series, :func:`family_of` the metric. A message holds the
+series of one partition; its Kafka key is the sample key when it holds one key.
+
+Timestamps are Unix milliseconds.
 """
 
 from __future__ import annotations
@@ -23,6 +48,10 @@ import orjson
 from engine.errors import BadRecord
 
 WIRE_VERSION = 1
+RAW_KIND = "raw"
+PREPARED_KIND = "prepared"
+#: Suffixes that :func:`family_of` strips: the series of one histogram, summary or counter share a family.
+FAMILY_SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
 MAX_NAME_LENGTH = 4096
 
 Point = tuple[int, float | None]
@@ -57,6 +86,38 @@ def analysis_key(service: str, metric: str) -> bytes:
     b'checkout\\x1fhttp_requests_total:rate'
     """
     return f"{service}\x1f{metric}".encode()
+
+
+def family_of(name: str) -> str:
+    """The metric family of a series or prepared metric name: the name before any ``:`` or ``{``, without a
+    ``_bucket``, ``_sum``, ``_count``, ``_total`` or ``_created`` suffix.
+
+    >>> family_of("http_request_duration_seconds_bucket")
+    'http_request_duration_seconds'
+    >>> family_of("http_requests_total:rate{code=\\"500\\"}")
+    'http_requests'
+    >>> family_of("error_ratio")
+    'error_ratio'
+    """
+    end = len(name)
+    for stop in (":", "{"):
+        at = name.find(stop)
+        if 0 <= at < end:
+            end = at
+    base = name[:end]
+    for suffix in FAMILY_SUFFIXES:
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def sample_key(service: str, family: str) -> bytes:
+    """The Kafka key of samples (and of their checkpoint): (service, metric family).
+
+    >>> sample_key("checkout", "http_requests")
+    b'checkout\\x1fhttp_requests'
+    """
+    return f"{service}\x1f{family}".encode()
 
 
 def murmur2(data: bytes) -> int:
