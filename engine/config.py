@@ -197,6 +197,14 @@ class ApiConfig(Frozen):
     port: int = Field(default=9202, ge=0, le=65535)
 
 
+class WorkerConfig(Frozen):
+    """Each worker serves Prometheus metrics at ``http://metrics_host:metrics_port/metrics``."""
+
+    metrics_enabled: bool = Field(default=True, description="false: the worker opens no port at all")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9203, ge=0, le=65535, description="0: any free port (printed)")
+
+
 class VigilConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIGIL_",
@@ -210,6 +218,7 @@ class VigilConfig(BaseSettings):
     labels: LabelsConfig = LabelsConfig()
     rules: tuple[MetricRule, ...] = DEFAULT_RULES
     detection: DetectionConfig = DetectionConfig()
+    worker: WorkerConfig = WorkerConfig()
     receiver: ReceiverConfig = ReceiverConfig()
     poller: PollerConfig = PollerConfig()
     api: ApiConfig = ApiConfig()

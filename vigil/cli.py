@@ -70,7 +70,10 @@ def worker(
     from engine.app import run_worker
 
     sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
-    run_worker(cfg, loglevel=loglevel)
+    try:
+        run_worker(cfg, loglevel=loglevel)
+    except VigilError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()
