@@ -100,7 +100,8 @@ class EmbeddedBroker:
         log.info("embedded broker on %s (pid %s)", self.bootstrap_servers, self.process.pid)
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds (memory only: a kill loses nothing more)."""
         process, self.process = self.process, None
         if process is None:
             return
@@ -108,7 +109,7 @@ class EmbeddedBroker:
         if process.poll() is None:
             process.terminate()
             try:
-                process.wait(timeout=5)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -124,6 +125,11 @@ class EmbeddedBroker:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """How the broker process ended (negative: the signal that killed it); None while it runs."""
+        return None if self.process is None else self.process.poll()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

@@ -52,7 +52,7 @@ def _fail(exc: Exception) -> typer.Exit:
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver."""
-    from vigil.runtime import supervise
+    from vigil.supervisor import supervise
 
     cfg = _load(config)
     raise typer.Exit(supervise(config, cfg, ["worker", "ingest"] if cfg.receiver.enabled else ["worker"]))
