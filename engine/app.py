@@ -4,6 +4,7 @@ that imports faust."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -160,4 +161,16 @@ def run_worker(config: VigilConfig, loglevel: str = "warn") -> None:
     """Run the worker until SIGINT/SIGTERM (Faust's worker owns the loop and the signals)."""
     app = create_app(config)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    if not _in_foreground(worker.stdout):
+        # Faust's spinner writes cursor escape codes even into a file, and its at-exit "show cursor" lands
+        # after whatever the terminal's owner printed last (vigil demo's summary).
+        worker.spinner = None
     worker.execute_from_commandline()
+
+
+def _in_foreground(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal whose foreground is this process (not a child of `vigil run`)."""
+    try:
+        return bool(stream.isatty()) and os.tcgetpgrp(stream.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -82,6 +82,7 @@ def child_env(config: VigilConfig) -> dict[str, str]:
     env = dict(os.environ)
     env["VIGIL_KAFKA__BOOTSTRAP_SERVERS"] = config.kafka.bootstrap_servers
     env["VIGIL_KAFKA__EMBEDDED_QUIRKS"] = "true" if config.kafka.embedded_quirks else "false"
+    env["VIGIL_WORKER__METRICS_ENABLED"] = "true" if config.worker.metrics_enabled else "false"
     return env
 
 
@@ -163,7 +164,10 @@ def embedded_kafka(config: VigilConfig) -> Iterator[tuple[VigilConfig, EmbeddedB
     try:
         path = state_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(orjson.dumps({"bootstrap_servers": broker.bootstrap_servers, "pid": os.getpid()}))
+        # Written aside and renamed: a reader never sees a half-written file.
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_bytes(orjson.dumps({"bootstrap_servers": broker.bootstrap_servers, "pid": os.getpid()}))
+        partial.replace(path)
         try:
             yield with_kafka(config, broker.bootstrap_servers, quirks=True), broker
         finally:

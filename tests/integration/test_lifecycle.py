@@ -184,3 +184,10 @@ def test_demo_runs_the_real_pipeline_and_summarises(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Summary:" in result.stdout
     assert "detected:    checkout slow instance" in result.stdout, result.stdout[-3000:]
+    # Redirected output carries no terminal control (Faust's spinner hid the cursor, then showed it again at
+    # exit, after the summary) and the summary is the last thing written.
+    for stream in (result.stdout, result.stderr):
+        assert "\x1b" not in stream, repr(stream[-500:])
+        assert "\b" not in stream, repr(stream[-500:])
+    assert result.stdout.rstrip().splitlines()[-1].endswith(" samples")
+    assert result.stderr == ""
