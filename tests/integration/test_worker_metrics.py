@@ -108,7 +108,7 @@ def test_the_metrics_follow_what_the_worker_processes(
     first = scrape(port)
     assert first["vigil_worker_samples_processed_total"] == 0
     assert first["vigil_worker_models"] == 0
-    assert port in listening_ports(worker.process.pid)
+    assert listening_ports(worker.process.pid) == {port}
 
     series = [
         Series("checkout", f"m{i}:rate", "a", [(T0 + t * 15_000, float(t % 7)) for t in range(40)])
