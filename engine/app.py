@@ -4,17 +4,22 @@ that imports faust."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import faust
 from faust.types import TP
 
+from connectors.broker import faust_quirks
+from connectors.metrics import MetricsServer, worker_registry
 from engine import faust_fixes
 from engine.bank import ModelBank
 from engine.config import VigilConfig
 from engine.processor import Processor, Source
 from engine.samples import partition_for
+from engine.worker_stats import WorkerStats, WorkerTally
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +43,7 @@ def faust_settings(config: VigilConfig) -> dict[str, Any]:
         "table_standby_replicas": 0,
     }
     if kafka.embedded_quirks:
-        # Tansu answers ListOffsets(latest) wrongly for multi-record batches, so table recovery would stop
-        # early and lose state unless every changelog record is its own batch. It also holds a group join
-        # for about half the rebalance timeout: keep the timeouts short.
-        settings |= {
-            "producer_max_batch_size": 1,
-            "broker_session_timeout": 6.0,
-            "broker_rebalance_timeout": 6.0,
-            "broker_heartbeat_interval": 0.5,
-        }
+        settings |= faust_quirks()
     return settings
 
 
@@ -67,10 +64,12 @@ def create_app(config: VigilConfig) -> faust.App:
     bank = ModelBank(config, load=models.get)
     processor = Processor(bank, max_future_ms=int(config.detection.max_future_s * 1000))
     interval = config.detection.checkpoint_interval_s
+    tally = WorkerTally()
 
     def checkpoint(select: Callable[[bytes], bool]) -> None:
         for key, blob in bank.checkpoints(select):
             models[key] = blob
+            tally.checkpointed(key, blob)
 
     @app.agent(samples, concurrency=1)
     async def judge(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
@@ -81,6 +80,8 @@ def create_app(config: VigilConfig) -> faust.App:
                 await verdicts.send(key=key, value=value)
             for value in outcome.deadletters:
                 await deadletters.send(value=value)
+                tally.deadletter(value)
+            tally.processed(message.topic, message.partition, message.offset)
             yield None
 
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -93,11 +94,13 @@ def create_app(config: VigilConfig) -> faust.App:
 
             checkpoint(lambda key: not owned(key))
             bank.forget(owned)
+            tally.revoked(kafka.topics.samples, gone)
 
     app.on_partitions_revoked.connect(on_revoked)
 
     async def checkpoint_models() -> None:
         checkpoint(lambda key: True)
+        tally.checkpoint_done()
 
     async def report() -> None:
         log.info(
@@ -109,11 +112,65 @@ def create_app(config: VigilConfig) -> faust.App:
 
     app.timer(interval=interval)(checkpoint_models)
     app.timer(interval=30.0)(report)
+
+    # Operating: the worker's Prometheus metrics (connectors/metrics.py), from what the worker knows.
+    def stats() -> WorkerStats:
+        return WorkerStats(
+            samples_processed=processor.processed,
+            consumer_lag=consumer_lag(app, kafka.topics.samples, tally.processed_offsets),
+            models=len(bank.models),
+            model_bytes=tally.model_bytes(bank.models.keys()),
+            deadletters=dict(tally.deadletters),
+            checkpoint_age_s=tally.checkpoint_age(),
+        )
+
+    if config.worker.metrics_enabled:
+        w = config.worker
+        server = MetricsServer(worker_registry(stats), w.metrics_host, w.metrics_port)
+        port = server.bind()  # before Faust starts: a taken port is a clear error, not a traceback
+        print(f"vigil worker: metrics on http://{w.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
+        app.task(server.serve)  # starts after table recovery; cancelled (and closed) when the app stops
     return app
+
+
+def consumer_lag(
+    app: faust.App, topic: str, processed: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """Per assigned partition of ``topic``: the high watermark minus the next offset to process.
+
+    The position is the last offset the agent processed + 1, else the committed offset (where the consumer
+    started after assignment). A partition not fetched yet has no known high watermark and is left out.
+    """
+    consumer = app.consumer
+    try:
+        assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
+    except Exception:  # noqa: BLE001 - not started yet (or stopping): nothing is assigned
+        return {}
+    committed = getattr(consumer, "_committed_offset", {})
+    lag = {}
+    for tp in assigned:
+        highwater = consumer.highwater(tp)
+        done = processed.get((tp.topic, tp.partition))
+        position = done + 1 if done is not None else committed.get(tp)
+        if highwater is not None and position is not None:
+            lag[(tp.topic, tp.partition)] = highwater - position
+    return lag
 
 
 def run_worker(config: VigilConfig, loglevel: str = "warn") -> None:
     """Run the worker until SIGINT/SIGTERM (Faust's worker owns the loop and the signals)."""
     app = create_app(config)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    if not _in_foreground(worker.stdout):
+        # Faust's spinner writes cursor escape codes even into a file, and its at-exit "show cursor" lands
+        # after whatever the terminal's owner printed last (vigil demo's summary).
+        worker.spinner = None
     worker.execute_from_commandline()
+
+
+def _in_foreground(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal whose foreground is this process (not a child of `vigil run`)."""
+    try:
+        return bool(stream.isatty()) and os.tcgetpgrp(stream.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False

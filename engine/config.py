@@ -23,7 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from engine.errors import ConfigError
 
@@ -197,6 +197,14 @@ class ApiConfig(Frozen):
     port: int = Field(default=9202, ge=0, le=65535)
 
 
+class WorkerConfig(Frozen):
+    """Each worker serves Prometheus metrics at ``http://metrics_host:metrics_port/metrics``."""
+
+    metrics_enabled: bool = Field(default=True, description="false: the worker opens no port at all")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9203, ge=0, le=65535, description="0: any free port (printed)")
+
+
 class VigilConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIGIL_",
@@ -210,6 +218,7 @@ class VigilConfig(BaseSettings):
     labels: LabelsConfig = LabelsConfig()
     rules: tuple[MetricRule, ...] = DEFAULT_RULES
     detection: DetectionConfig = DetectionConfig()
+    worker: WorkerConfig = WorkerConfig()
     receiver: ReceiverConfig = ReceiverConfig()
     poller: PollerConfig = PollerConfig()
     api: ApiConfig = ApiConfig()
@@ -265,16 +274,32 @@ def load_config(path: Path | None) -> VigilConfig:
         return VigilConfig(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(where, exc)) from None
+    except SettingsError as exc:  # a VIGIL_* variable that is not valid JSON where a section is expected
+        raise ConfigError(f"environment: {exc}") from None
+
+
+#: a key path with one of these in it may hold a secret: its value is never shown in an error
+SECRET_WORDS = ("auth", "token", "password", "secret", "credential")
 
 
 def _describe(where: str, exc: ValidationError) -> str:
+    """One line per error: file, key path, what was expected, and the value given when that is safe."""
     lines = []
-    for err in exc.errors():
+    for err in exc.errors(include_input=True, include_url=False, include_context=False):
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        got = err.get("input")
-        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r:.80})"
-        lines.append(f"{where}: {path}: {err['msg']}{shown}")
+        lines.append(f"{where}: {path}: {err['msg']}{_shown(err)}")
     return "\n".join(lines)
+
+
+def _shown(err: Any) -> str:
+    """`` (got VALUE)``, unless the value may be a secret: under a secret-looking key, or under a key Vigil
+    does not know (a misspelt ``bearer_tokn`` holds a token all the same), or a whole section."""
+    got = err.get("input")
+    if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict | list | tuple):
+        return ""
+    if any(word in str(part).lower() for part in err["loc"] for word in SECRET_WORDS):
+        return " (value not shown: it may be a secret)"
+    return f" (got {got!r:.80})"
 
 
 def redacted(config: VigilConfig) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def _fail(exc: Exception) -> typer.Exit:
 @app.command()
 def run(config: ConfigOption = None) -> None:
     """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver."""
-    from vigil.runtime import supervise
+    from vigil.supervisor import supervise
 
     cfg = _load(config)
     raise typer.Exit(supervise(config, cfg, ["worker", "ingest"] if cfg.receiver.enabled else ["worker"]))
@@ -70,7 +70,10 @@ def worker(
     from engine.app import run_worker
 
     sys.argv = [sys.argv[0]]  # Faust's worker parses argv itself
-    run_worker(cfg, loglevel=loglevel)
+    try:
+        run_worker(cfg, loglevel=loglevel)
+    except VigilError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()

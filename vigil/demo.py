@@ -239,6 +239,8 @@ async def _stream(config: VigilConfig, seconds: float, board: Scoreboard, consol
 def run_demo(config_path: Path | None, config: VigilConfig, seconds: float) -> int:
     console = Console()
     board = Scoreboard()
+    # The demo's worker opens no metrics port: nothing to clash with a running Vigil, nothing to announce.
+    config = config.model_copy(update={"worker": config.worker.model_copy(update={"metrics_enabled": False})})
     with signals_raise(), kafka_for(config) as live:
         console.print(f"embedded pipeline on {live.kafka.bootstrap_servers}: starting a worker …")
         worker = spawn("worker", config_path, live)

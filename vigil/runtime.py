@@ -1,13 +1,13 @@
 """Running Vigil's parts as processes: the embedded broker, the worker, the ingest server.
 
-``vigil run`` is a small supervisor: it starts the broker (unless one is configured) and the other parts as
-child processes, and stops them all on SIGINT/SIGTERM, on a child's death, or on an error at start-up.
-Each child is also tied to the supervisor's life by the kernel (``PR_SET_PDEATHSIG``).
+``vigil run`` (vigil/supervisor.py) starts the broker (unless one is configured) and the other parts as
+child processes with these helpers. Each child is tied to the supervisor's life by the kernel
+(``PR_SET_PDEATHSIG``). Stopping is bounded: SIGTERM to every child, SIGKILL to those still running after
+``STOP_GRACE_S``, then the broker (``BROKER_GRACE_S``): well within 10 s in all.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -22,13 +22,14 @@ from types import FrameType
 import orjson
 
 from connectors.broker import EmbeddedBroker, die_with_parent
-from connectors.kafka import ensure_topics, topic_names
+from connectors.kafka import topic_names
 from engine.config import VigilConfig
 from engine.errors import VigilError
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 8.0
+STOP_GRACE_S = 6.0
+BROKER_GRACE_S = 2.0
 
 
 def state_file() -> Path:
@@ -81,6 +82,7 @@ def child_env(config: VigilConfig) -> dict[str, str]:
     env = dict(os.environ)
     env["VIGIL_KAFKA__BOOTSTRAP_SERVERS"] = config.kafka.bootstrap_servers
     env["VIGIL_KAFKA__EMBEDDED_QUIRKS"] = "true" if config.kafka.embedded_quirks else "false"
+    env["VIGIL_WORKER__METRICS_ENABLED"] = "true" if config.worker.metrics_enabled else "false"
     return env
 
 
@@ -147,37 +149,29 @@ def signals_raise() -> Iterator[None]:
 @contextlib.contextmanager
 def kafka_for(config: VigilConfig) -> Iterator[VigilConfig]:
     """The configuration with a reachable Kafka: the configured one, or an embedded broker meanwhile."""
+    with embedded_kafka(config) as (live, _):
+        yield live
+
+
+@contextlib.contextmanager
+def embedded_kafka(config: VigilConfig) -> Iterator[tuple[VigilConfig, EmbeddedBroker | None]]:
+    """Like :func:`kafka_for`, with the embedded broker it started (None when Kafka is configured)."""
     if not config.kafka.embedded:
-        yield config
+        yield config, None
         return
     broker = EmbeddedBroker(topic_names(config.kafka), config.kafka.partitions)
-    with broker:
+    broker.start()
+    try:
         path = state_file()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(orjson.dumps({"bootstrap_servers": broker.bootstrap_servers, "pid": os.getpid()}))
+        # Written aside and renamed: a reader never sees a half-written file.
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_bytes(orjson.dumps({"bootstrap_servers": broker.bootstrap_servers, "pid": os.getpid()}))
+        partial.replace(path)
         try:
-            yield with_kafka(config, broker.bootstrap_servers, quirks=True)
+            yield with_kafka(config, broker.bootstrap_servers, quirks=True), broker
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()
-
-
-def supervise(config_path: Path | None, config: VigilConfig, parts: list[str]) -> int:
-    """Run ``parts`` (e.g. ["worker", "ingest"]) until a signal or until one of them exits."""
-    children: list[subprocess.Popen[bytes]] = []
-    with signals_raise(), kafka_for(config) as live:
-        try:
-            if not config.kafka.embedded:
-                k = live.kafka
-                asyncio.run(
-                    ensure_topics(k.bootstrap_servers, topic_names(k), k.partitions, k.replication_factor)
-                )
-            children = [spawn(part, config_path, live) for part in parts]
-            print(f"vigil: running {', '.join(parts)} on Kafka {live.kafka.bootstrap_servers}", flush=True)
-            while all(c.poll() is None for c in children):
-                time.sleep(0.2)
-            failed = [c for c in children if c.returncode]
-            return 1 if failed else 0
-        finally:
-            stop_all(children)
-    return 0
+    finally:
+        broker.stop(timeout=BROKER_GRACE_S)

@@ -14,6 +14,7 @@ import pytest
 
 from connectors.broker import EmbeddedBroker
 from engine.errors import BrokerUnavailable
+from tests.integration.processes import default_signals
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +86,7 @@ def test_vigil_run_stops_everything_within_ten_seconds(tmp_path: Path, sig: sign
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=default_signals,  # the signal under test must not be ignored, however pytest was started
     )
     state = tmp_path / "embedded.json"
     try:
@@ -119,6 +121,7 @@ def test_ctrl_c_in_a_terminal_twice_leaves_nothing_behind(tmp_path: Path) -> Non
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=default_signals,
     )
     state = tmp_path / "embedded.json"
     try:
@@ -142,7 +145,9 @@ def test_ctrl_c_in_a_terminal_twice_leaves_nothing_behind(tmp_path: Path) -> Non
 
 def test_killed_supervisor_takes_the_broker_with_it(tmp_path: Path) -> None:
     env = dict(os.environ, VIGIL_STATE_DIR=str(tmp_path))
-    process = subprocess.Popen([sys.executable, "-m", "vigil", "run"], env=env, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vigil", "run"], env=env, stdout=subprocess.DEVNULL, preexec_fn=default_signals
+    )
     state = tmp_path / "embedded.json"
     assert wait_for(state.exists, 30)
     port = int(orjson.loads(state.read_bytes())["bootstrap_servers"].rsplit(":", 1)[1])
@@ -179,3 +184,10 @@ def test_demo_runs_the_real_pipeline_and_summarises(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Summary:" in result.stdout
     assert "detected:    checkout slow instance" in result.stdout, result.stdout[-3000:]
+    # Redirected output carries no terminal control (Faust's spinner hid the cursor, then showed it again at
+    # exit, after the summary) and the summary is the last thing written.
+    for stream in (result.stdout, result.stderr):
+        assert "\x1b" not in stream, repr(stream[-500:])
+        assert "\b" not in stream, repr(stream[-500:])
+    assert result.stdout.rstrip().splitlines()[-1].endswith(" samples")
+    assert result.stderr == ""

@@ -122,3 +122,55 @@ def test_config_check_prints_the_effective_config_and_exits_2_on_errors(tmp_path
     assert result.returncode == 2
     assert f"{bad}: detection.warmup: Input should be greater than or equal to 2" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("receiver:\n  auth:\n    bearer_tokn: s3cr3t\n", "receiver.auth.bearer_tokn: Extra inputs"),
+        ("receiver:\n  auth:\n    bearer_token: [s3cr3t]\n", "receiver.auth.bearer_token: Input should be"),
+        ("receiver:\n  auth:\n    basic_password: 5535353\n", "receiver.auth.basic_password: Input"),
+        ("receiver:\n  auth:\n    bearer_token: {s3cr3t: 1}\n", "receiver.auth.bearer_token: Input"),
+        ("receiver:\n  auth: s3cr3t\n", "receiver.auth: Input should be"),
+        ("kafka:\n  sasl_password: s3cr3t\n", "kafka.sasl_password: Extra inputs"),
+    ],
+)
+def test_a_configuration_error_never_echoes_a_secret(tmp_path: Path, text: str, path: str) -> None:
+    config = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    message = str(caught.value)
+    assert path in message
+    assert "s3cr3t" not in message
+    assert "5535353" not in message
+
+
+def test_config_check_does_not_print_a_misspelt_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, "receiver:\n  auth:\n    bearer_tokn: s3cr3t\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "vigil", "config", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "receiver.auth.bearer_tokn" in result.stderr
+    assert "s3cr3t" not in result.stderr + result.stdout
+
+
+def test_a_bad_environment_section_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_RECEIVER__AUTH", "{not json s3cr3t")
+    with pytest.raises(ConfigError, match="environment: ") as caught:
+        load_config(None)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_the_worker_section_defaults_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VIGIL_WORKER__METRICS_PORT", raising=False)
+    worker = load_config(None).worker
+    assert (worker.metrics_enabled, worker.metrics_host, worker.metrics_port) == (True, "127.0.0.1", 9203)
+    monkeypatch.setenv("VIGIL_WORKER__METRICS_PORT", "0")
+    monkeypatch.setenv("VIGIL_WORKER__METRICS_ENABLED", "false")
+    worker = load_config(None).worker
+    assert (worker.metrics_enabled, worker.metrics_port) == (False, 0)

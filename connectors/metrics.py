@@ -1,0 +1,128 @@
+"""A worker's Prometheus metrics: a collector that turns a :class:`WorkerStats` snapshot into metric
+families on every scrape, and a small aiohttp server for ``/metrics``.
+
+The collector asks for a fresh snapshot per scrape instead of keeping counters of its own, so the worker's
+code keeps its plain counts and this module is the only one that knows metric names. The server runs on the
+worker's event loop (the snapshot then reads the worker's state from the thread that changes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine.errors import ConfigError
+from engine.worker_stats import DeadLetterReason, WorkerStats
+
+
+class WorkerCollector(Collector):
+    def __init__(self, stats: Callable[[], WorkerStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._stats()
+        yield CounterMetricFamily(
+            "vigil_worker_samples_processed",
+            "Sample points judged by this worker.",
+            value=s.samples_processed,
+        )
+        lag = GaugeMetricFamily(
+            "vigil_worker_consumer_lag",
+            "Records of an assigned partition not yet processed (high watermark minus position).",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), behind in sorted(s.consumer_lag.items()):
+            lag.add_metric([topic, str(partition)], behind)
+        yield lag
+        yield GaugeMetricFamily("vigil_worker_models", "Analysis keys whose models are held.", value=s.models)
+        yield GaugeMetricFamily(
+            "vigil_worker_model_state_bytes",
+            "Estimated size of the models held: their latest checkpoints, in bytes.",
+            value=s.model_bytes,
+        )
+        dead = CounterMetricFamily(
+            "vigil_worker_deadletters", "Dead letters sent, by reason.", labels=["reason"]
+        )
+        for reason in DeadLetterReason:
+            dead.add_metric([reason.value], s.deadletters.get(reason, 0))
+        yield dead
+        yield GaugeMetricFamily(
+            "vigil_worker_checkpoint_age_seconds",
+            "Seconds since the last completed checkpoint (since start, before the first one).",
+            value=s.checkpoint_age_s,
+        )
+        yield CounterMetricFamily(
+            "vigil_worker_send_retries", "Sends to Kafka retried after a failure.", value=s.send_retries
+        )
+        skipped = CounterMetricFamily(
+            "vigil_worker_points_skipped",
+            "Points skipped by the duplicate rule: at (duplicate) or before (out_of_order) the watermark.",
+            labels=["reason"],
+        )
+        skipped.add_metric(["duplicate"], s.duplicates)
+        skipped.add_metric(["out_of_order"], s.out_of_order)
+        yield skipped
+
+
+def worker_registry(stats: Callable[[], WorkerStats]) -> CollectorRegistry:
+    """A registry of its own (no global state): the worker's metrics and the process' CPU and memory."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerCollector(stats))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP. :meth:`bind` opens the port early, so a taken port is a clear error at
+    start-up; :meth:`serve` answers until it is cancelled (in a worker: once table recovery is done)."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self._sock: socket.socket | None = None
+
+    def bind(self) -> int:
+        """Bind the port (0 = any free one) and return the port bound."""
+        if self._sock is not None:
+            return self.port
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            # Listen now: SO_REUSEADDR (for a quick restart over TIME_WAIT connections) would let a second
+            # process bind a port that is bound but not listening yet. Scrapes wait in the backlog until
+            # serve() runs.
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            hint = " (in use: set worker.metrics_port to another port, or 0 for any)"
+            raise ConfigError(
+                f"worker metrics cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+                + (hint if exc.errno == errno.EADDRINUSE else "")
+            ) from None
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        return self.port
+
+    async def serve(self) -> None:
+        self.bind()
+        app = web.Application()
+        app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, self._sock).start()  # type: ignore[arg-type]
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+            self._sock = None
