@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 #: ``linger_ms`` 0: a request's messages are produced at once and then awaited, so lingering only delays
 #: the answer; concurrent requests still share produce requests. Compression: see ``bench/receiver.py``
 #: (``--compression``) and the README for the measured choice.
-PRODUCER_OPTIONS: Final[dict[str, Any]] = {"linger_ms": 0, "compression_type": "lz4"}
+PRODUCER_OPTIONS: Final[dict[str, Any]] = {"linger_ms": 0, "compression_type": "zstd"}
 #: The producer's ``request_timeout_ms`` as a share of ``kafka.ack_timeout_s``: a batch that cannot be
 #: delivered fails (is not retried further) before the request's deadline.
 REQUEST_TIMEOUT_SHARE: Final = 0.75
