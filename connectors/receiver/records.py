@@ -166,7 +166,7 @@ class RecordBuilder:
         item: dict[str, Any] = {"labels": where.labels, "samples": samples}
         if raw.kind is not None:
             item["type"] = raw.kind.value
-        if raw.created_ms:
+        if raw.created_ms > 0:  # 0: unknown; negative: nonsense a worker would refuse
             item["created_ms"] = raw.created_ms
         if raw.histograms:
             histograms = [h for h in map(_histogram, raw.histograms) if h is not None]
