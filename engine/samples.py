@@ -40,7 +40,7 @@ Timestamps are Unix milliseconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,3 +253,21 @@ def _point_problem(p: Any, limit_ms: int) -> str | None:
     if not math.isfinite(value):
         return "value must be finite"
     return None
+
+
+#: The version field of records :func:`encode_raw_batch` writes (see the module docstring).
+RAW_WIRE_VERSION = 2
+
+
+def encode_raw_batch(series: Sequence[Mapping[str, Any]]) -> bytes:
+    """One ``vigil.samples`` message value of ``"kind": "raw"`` series, shaped as the module docstring says.
+
+    Each item is already in the documented shape (``labels``, ``samples`` with ``None`` for the stale marker,
+    and the optional ``type``, ``created_ms``, ``histograms``); values may be :class:`orjson.Fragment` (e.g.
+    pre-encoded labels). Non-finite floats must be dropped before: JSON has none, orjson would write ``null``,
+    which reads as a stale marker.
+
+    >>> encode_raw_batch([{"labels": {"__name__": "up", "job": "a"}, "samples": [(1000, 1.0), (2000, None)]}])
+    b'{"v":2,"kind":"raw","series":[{"labels":{"__name__":"up","job":"a"},"samples":[[1000,1.0],[2000,null]]}]}'
+    """
+    return orjson.dumps({"v": RAW_WIRE_VERSION, "kind": RAW_KIND, "series": series})

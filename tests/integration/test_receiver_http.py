@@ -38,8 +38,7 @@ from connectors.receiver import (
 )
 from engine.config import AuthConfig, VigilConfig, load_config
 from engine.raw import NativeHistogram
-from engine.samples import Series as ServiceSeries
-from engine.samples import analysis_key, partition_for
+from engine.samples import family_of, partition_for, sample_key
 from tests.conftest import isolated_config
 from tests.fixtures.remote_write import (
     BASE_MS,
@@ -72,8 +71,14 @@ def one(name: str = "up", **labels: str) -> list[Series]:
     return [Series(labels_of(name=name, job="app", **labels), [(now_ms(), 1.0)])]
 
 
+def with_metadata_topic(config: VigilConfig) -> VigilConfig:
+    """``config`` with a metadata topic of its own (``isolated_config`` isolates the other topics)."""
+    topics = config.kafka.topics.model_copy(update={"metadata": f"{config.kafka.topics.samples}.metadata"})
+    return config.model_copy(update={"kafka": config.kafka.model_copy(update={"topics": topics})})
+
+
 def limited(broker: EmbeddedBroker, **receiver: Any) -> VigilConfig:
-    config = isolated_config(broker)
+    config = with_metadata_topic(isolated_config(broker))
     limits = {
         "port": 0,
         "max_body_bytes": MAX_BODY,
@@ -99,18 +104,18 @@ class Harness:
         status, text, _ = await self.post(v1_body(sentinel_series()), {**V1, **(headers or {})})
         assert status == 204, text
         records = await partition_records(self.config, lambda got: len(got) == self.config.kafka.partitions)
-        others = [(p, doc) for p, doc in records if doc["series"][0]["service"] != SENTINEL_JOB]
+        others = [(p, doc) for p, doc in records if doc["series"][0]["labels"]["job"] != SENTINEL_JOB]
         assert others == [], "a refused request produced records"
         assert sorted(p for p, _ in records) == list(range(self.config.kafka.partitions))
 
 
 def sentinel_series() -> list[Series]:
-    """Gauges of the sentinel job whose analysis keys cover every partition (4)."""
+    """Gauges of the sentinel job whose sample keys cover every partition (4)."""
     chosen: dict[int, str] = {}
     i = 0
     while len(chosen) < 4:
         name = f"sentinel_{i}"
-        chosen.setdefault(partition_for(analysis_key(SENTINEL_JOB, name), 4), name)
+        chosen.setdefault(partition_for(sample_key(SENTINEL_JOB, family_of(name)), 4), name)
         i += 1
     return [Series(labels_of(name=name, job=SENTINEL_JOB), [(now_ms(), 1.0)]) for name in chosen.values()]
 
@@ -295,7 +300,7 @@ async def test_samples_too_far_in_future_are_dropped_and_counted(harness: Harnes
     assert status == 204, text
     assert harness.ingest.stats.samples_rejected["too_far_in_future"] == 1
     records = await partition_records(harness.config, lambda got: len(got) >= 1)
-    assert [len(s["points"]) for _, doc in records for s in doc["series"]] == [1]
+    assert [len(s["samples"]) for _, doc in records for s in doc["series"]] == [1]
 
 
 async def test_metrics_exposition_counts_requests(harness: Harness) -> None:
@@ -306,7 +311,7 @@ async def test_metrics_exposition_counts_requests(harness: Harness) -> None:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     assert 'vigil_receiver_requests_total{code="204"} 1' in text
     assert 'vigil_receiver_requests_total{code="400"} 1' in text
-    assert "vigil_receiver_samples_written_total 1\n" in text
+    assert "vigil_receiver_samples_written_total 1.0\n" in text
     assert "# TYPE vigil_receiver_in_flight_bytes gauge" in text
     for path, expected in (("/-/healthy", 200), ("/-/ready", 200)):
         async with harness.client.get(path) as response:
@@ -526,15 +531,21 @@ async def test_without_a_broker_the_receiver_is_healthy_not_ready_and_answers_50
 
 async def test_large_batches_are_split_into_messages_under_the_limit() -> None:
     series = [
-        ServiceSeries("svc", f"m{i}", "a", [(BASE_MS + j, float(j)) for j in range(300)]) for i in range(20)
+        {
+            "labels": {"__name__": f"m{i}", "job": "svc"},
+            "samples": [(BASE_MS + j, float(j)) for j in range(300)],
+        }
+        for i in range(20)
     ]
-    chunks = encode_chunks(series, limit=8 * 1024)
-    assert all(len(value) <= 8 * 1024 for value, _ in chunks)
+    chunks = encode_chunks(series, limit=4 * 1024)
+    assert len(chunks) > 20  # every series was split too
+    assert all(len(value) <= 4 * 1024 for value, _ in chunks)
     assert sum(points for _, points in chunks) == 20 * 300
-    decoded = [s for value, _ in chunks for s in orjson.loads(value)["series"]]
+    docs = [orjson.loads(value) for value, _ in chunks]
+    assert {(doc["v"], doc["kind"]) for doc in docs} == {(2, "raw")}
     # order kept: a series split in two comes back as consecutive pieces, points in time order
     joined: dict[str, list[list[float]]] = {}
-    for s in decoded:
-        joined.setdefault(s["metric"], []).extend(s["points"])
+    for s in (s for doc in docs for s in doc["series"]):
+        joined.setdefault(s["labels"]["__name__"], []).extend(s["samples"])
     assert list(joined) == [f"m{i}" for i in range(20)]
     assert all(points == [[BASE_MS + j, float(j)] for j in range(300)] for points in joined.values())

@@ -29,6 +29,7 @@ from tests.fixtures.remote_write import (
     dense_shape,
     labels_of,
     prometheus_shape,
+    shape_series,
     snappy,
     v1_body,
     v1_message,
@@ -718,3 +719,25 @@ def test_v2_unusual_layouts(fields: tuple[bytes, ...], labels: object, samples: 
     for _ in range(2):
         series = only(decoder.decode(_v2_body(*fields), V2_CONTENT_TYPE, SNAPPY, NOW))
         assert (series.labels, series.samples, series.kind) == (labels, samples, kind)
+
+
+def test_shape_series_of_one_target_share_a_timestamp_as_prometheus_sends_them() -> None:
+    newest: dict[object, int] = {}
+    for index in range(25):  # more than two passes over the pool: histograms split over requests too
+        by_target: dict[str, set[int]] = {}
+        for series in shape_series(index, series=500, samples=1):
+            (stamp, _), *_ = series.samples
+            by_target.setdefault(dict(series.labels)["instance"], set()).add(stamp)
+            assert newest.get(series.labels, -1) < stamp  # each series moves forward in time
+            newest[series.labels] = stamp
+        assert all(len(stamps) == 1 for stamps in by_target.values()), by_target
+    # a histogram's buckets, wherever the request windows cut, share a timestamp per scrape round
+    rounds: dict[tuple[str, int], set[int]] = {}
+    for index in range(25):
+        for series in shape_series(index, series=500, samples=1):
+            labels = dict(series.labels)
+            if labels["__name__"] == "http_request_duration_seconds_bucket":
+                stamp = series.samples[0][0]
+                rounds.setdefault((labels["instance"], (stamp - BASE_MS) // 15_000), set()).add(stamp)
+    assert rounds
+    assert all(len(stamps) == 1 for stamps in rounds.values())
