@@ -38,7 +38,8 @@ from connectors.kafka import ensure_topics, topic_names, wait_for_port
 from connectors.receiver import Receiver
 from engine.config import VigilConfig
 from engine.prepare import format_selector
-from tests.conftest import config_env, isolated_config
+from tests.conftest import Broker, config_env, isolated_config
+from tests.kafka.node import KafkaNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -348,13 +349,23 @@ async def remote_storage(prometheus: Prometheus, session: aiohttp.ClientSession)
 # --- fixtures -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def config(broker: EmbeddedBroker) -> VigilConfig:
+def receiver_config(broker: Broker) -> VigilConfig:
     config = isolated_config(broker)
     kafka = config.kafka.model_copy(update={"ack_timeout_s": 2.0})
     return config.model_copy(
         update={"kafka": kafka, "receiver": config.receiver.model_copy(update={"port": 0})}
     )
+
+
+@pytest.fixture
+def config(any_broker: Broker) -> VigilConfig:
+    """On the embedded broker and on Apache Kafka."""
+    return receiver_config(any_broker)
+
+
+@pytest.fixture
+def embedded_config(broker: EmbeddedBroker) -> VigilConfig:
+    return receiver_config(broker)
 
 
 @contextlib.asynccontextmanager
@@ -478,10 +489,30 @@ def tansu(listen_port: int, advertised_port: int) -> Iterator[None]:
             process.wait()
 
 
+@contextlib.contextmanager
+def kafka_node(listen_port: int, advertised_port: int, data_dir: Path) -> Iterator[None]:
+    """An Apache Kafka of its own that tells clients to connect through the proxy."""
+    node = KafkaNode(
+        data_dir,
+        port=listen_port,
+        properties=(f"advertised.listeners=PLAINTEXT://127.0.0.1:{advertised_port}",),
+    )
+    node.start()
+    try:
+        yield
+    finally:
+        node.stop()
+
+
 async def test_broker_failure_answers_503_and_loses_nothing(config: VigilConfig, tmp_path: Path) -> None:
     broker_port = free_port()
     proxy = Proxy(broker_port)
-    with tansu(broker_port, proxy.port):
+    behind_proxy = (
+        tansu(broker_port, proxy.port)
+        if config.kafka.embedded_quirks
+        else kafka_node(broker_port, proxy.port, tmp_path / "kafka")
+    )
+    with behind_proxy:
         await asyncio.to_thread(wait_for_port, f"127.0.0.1:{broker_port}", 20)
         await proxy.start()
         kafka = config.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{proxy.port}"})
@@ -574,8 +605,10 @@ def vigil_ingest(config_file: Path, config: VigilConfig) -> subprocess.Popen[byt
     )
 
 
-async def test_tls_and_bearer_auth_through_vigil_ingest(config: VigilConfig, tmp_path: Path) -> None:
+async def test_tls_and_bearer_auth_through_vigil_ingest(embedded_config: VigilConfig, tmp_path: Path) -> None:
     import ssl
+
+    config = embedded_config
 
     cert, key = self_signed(tmp_path)
     token = tmp_path / "token"
