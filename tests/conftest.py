@@ -58,10 +58,11 @@ def any_broker(request: pytest.FixtureRequest) -> Broker:
     return found
 
 
-def isolated_config(broker: Broker, **detection: Any) -> VigilConfig:
+def isolated_config(broker: Broker, *, replication: int = 1, **detection: Any) -> VigilConfig:
     """A configuration with topics and a consumer group of its own, on a session broker.
 
     The embedded broker's work-arounds (``kafka.embedded_quirks``) are on only for the embedded broker.
+    Topics are created with ``replication`` replicas.
     """
     n = f"t{os.getpid()}x{next(_ids)}"
     base = load_config(None)
@@ -70,6 +71,7 @@ def isolated_config(broker: Broker, **detection: Any) -> VigilConfig:
             "bootstrap_servers": broker.bootstrap_servers,
             "embedded_quirks": isinstance(broker, EmbeddedBroker),
             "app_id": f"vigil-{n}",
+            "replication_factor": replication,
             "topics": base.kafka.topics.model_copy(
                 update={
                     "samples": f"{n}.samples",
@@ -82,7 +84,7 @@ def isolated_config(broker: Broker, **detection: Any) -> VigilConfig:
     )
     det = base.detection.model_copy(update=detection)
     config = base.model_copy(update={"kafka": kafka, "detection": det})
-    asyncio.run(ensure_topics(kafka.bootstrap_servers, topic_names(kafka), kafka.partitions))
+    asyncio.run(ensure_topics(kafka.bootstrap_servers, topic_names(kafka), kafka.partitions, replication))
     return config
 
 
