@@ -1,7 +1,13 @@
-"""Talking to Kafka outside Faust: readiness, topic creation, a producer, a verdict follower."""
+"""Talking to Kafka outside Faust: readiness, topic creation, a producer, a verdict follower.
+
+Topics are never auto-created by the broker (Apache Kafka runs with ``auto.create.topics.enable=false``):
+clients wait up to :data:`TOPIC_WAIT_S` for a topic to exist, and a producer always takes the partition
+count from the topic, never from the configuration (the topic may have been created with another count).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -9,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from engine.config import KafkaConfig
 from engine.errors import BrokerUnavailable
@@ -17,6 +23,8 @@ from engine.errors import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 TOPIC_EXISTS = TopicAlreadyExistsError.errno
+#: how long a client waits for a topic it needs to exist
+TOPIC_WAIT_S = 30.0
 
 
 def first_address(bootstrap_servers: str) -> tuple[str, int]:
@@ -90,8 +98,31 @@ async def start_producer(config: KafkaConfig, **overrides: object) -> AIOKafkaPr
     return producer
 
 
+async def topic_partitions(producer: AIOKafkaProducer, topic: str, timeout: float = TOPIC_WAIT_S) -> int:
+    """The partition count of ``topic`` as the cluster has it, waiting up to ``timeout`` for it to exist."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return len(await producer.partitions_for(topic))
+        except UnknownTopicOrPartitionError:
+            if time.monotonic() > deadline:
+                raise _missing(topic, timeout) from None
+            await asyncio.sleep(0.5)
+
+
+def _missing(topic: str, timeout: float) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"topic {topic} does not exist (waited {timeout:.0f}s): start `vigil run` or create it",
+        retriable=False,
+    )
+
+
 async def follow(config: KafkaConfig, topic: str, *, from_beginning: bool) -> AsyncIterator[bytes]:
-    """Yield every record value of ``topic`` as it arrives (no consumer group, nothing committed)."""
+    """Yield every record value of ``topic`` as it arrives (no consumer group, nothing committed).
+
+    Waits up to :data:`TOPIC_WAIT_S` for the topic to exist; rides out broker restarts (the consumer
+    reconnects and goes on from its position).
+    """
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=config.bootstrap_servers,
@@ -101,6 +132,11 @@ async def follow(config: KafkaConfig, topic: str, *, from_beginning: bool) -> As
     )
     await consumer.start()
     try:
+        deadline = time.monotonic() + TOPIC_WAIT_S
+        while topic not in await consumer.topics():
+            if time.monotonic() > deadline:
+                raise _missing(topic, TOPIC_WAIT_S)
+            await asyncio.sleep(0.5)
         async for record in consumer:
             if record.value is not None:
                 yield record.value

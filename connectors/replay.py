@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from connectors.kafka import start_producer
+from connectors.kafka import start_producer, topic_partitions
 from engine.config import KafkaConfig
 from engine.samples import Series, encode_batch, partition_for
 
@@ -26,10 +26,10 @@ async def replay(
     """Produce ``points`` in batches; with ``speed`` > 0, paced at that multiple of their own time."""
     producer = await start_producer(kafka)
     key = Series(service, metric, instance, ()).key
-    partition = partition_for(key, kafka.partitions)
     started = time.monotonic()
     first_ts = points[0][0] if points else 0
     try:
+        partition = partition_for(key, await topic_partitions(producer, kafka.topics.samples))
         for i in range(0, len(points), batch if speed <= 0 else 1):
             chunk = points[i : i + batch] if speed <= 0 else points[i : i + 1]
             if speed > 0:

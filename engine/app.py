@@ -33,7 +33,7 @@ def faust_settings(config: VigilConfig) -> dict[str, Any]:
         "value_serializer": "raw",
         "topic_partitions": kafka.partitions,
         "topic_replication_factor": kafka.replication_factor,
-        "processing_guarantee": "at_least_once",
+        "processing_guarantee": kafka.processing_guarantee.value,
         "web_enabled": False,
         "store": "memory://",
         "consumer_auto_offset_reset": "earliest",

@@ -54,6 +54,18 @@ class Sensitivity(StrEnum):
     LOW = "low"
 
 
+class ProcessingGuarantee(StrEnum):
+    AT_LEAST_ONCE = "at_least_once"
+    EXACTLY_ONCE = "exactly_once"
+
+
+EXACTLY_ONCE_REFUSED = (
+    "exactly_once is not offered: it would run on Faust 0.15's Kafka transactions, which have open reports "
+    "of duplicate and lost records and of crashed workers (faust-streaming issues 517, 440, 323, 177), and "
+    "the embedded broker cannot do transactions at all; use at_least_once"
+)
+
+
 class Topics(Frozen):
     samples: str = "vigil.samples"
     verdicts: str = "vigil.verdicts"
@@ -78,6 +90,17 @@ class KafkaConfig(Frozen):
     commit_interval_s: float = Field(
         default=1.0, gt=0, le=60, description="how often workers commit consumed offsets (at-least-once)"
     )
+    processing_guarantee: ProcessingGuarantee = Field(
+        default=ProcessingGuarantee.AT_LEAST_ONCE,
+        description="at_least_once only: exactly_once is refused (see EXACTLY_ONCE_REFUSED)",
+    )
+
+    @field_validator("processing_guarantee")
+    @classmethod
+    def _no_exactly_once(cls, value: ProcessingGuarantee) -> ProcessingGuarantee:
+        if value is ProcessingGuarantee.EXACTLY_ONCE:
+            raise ValueError(EXACTLY_ONCE_REFUSED)
+        return value
 
     @property
     def embedded(self) -> bool:

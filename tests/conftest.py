@@ -1,4 +1,5 @@
-"""Shared fixtures: a session-wide embedded broker, and per-test pipelines on their own topics."""
+"""Shared fixtures: a session-wide embedded broker, one Apache Kafka per session (tests marked ``kafka``),
+and per-test pipelines on their own topics of either."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import pytest
@@ -19,9 +20,17 @@ from aiokafka import AIOKafkaConsumer
 from connectors.broker import EmbeddedBroker
 from connectors.kafka import ensure_topics, topic_names
 from engine.config import VigilConfig, load_config
+from tests.kafka.node import KafkaNode
 from vigil.runtime import child_env
 
 _ids = itertools.count()
+
+
+class Broker(Protocol):
+    """What a test needs of a broker: where it is."""
+
+    @property
+    def bootstrap_servers(self) -> str: ...
 
 
 @pytest.fixture(scope="session")
@@ -30,27 +39,52 @@ def broker() -> Iterator[EmbeddedBroker]:
         yield b
 
 
-def isolated_config(broker: EmbeddedBroker, **detection: Any) -> VigilConfig:
-    """A configuration with topics and a consumer group of its own, on the session broker."""
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaNode]:
+    """One Apache Kafka (KRaft, data on disk) for the whole session, started by tests/kafka/run-kafka.sh."""
+    node = KafkaNode(tmp_path_factory.mktemp("kafka") / "data")
+    try:
+        yield node.start()
+    finally:
+        node.stop()
+
+
+@pytest.fixture(
+    params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)], ids=["embedded", "kafka"]
+)
+def any_broker(request: pytest.FixtureRequest) -> Broker:
+    """The embedded broker, and Apache Kafka (marked ``kafka``): a test using it runs on both."""
+    found: Broker = request.getfixturevalue("broker" if request.param == "embedded" else "kafka")
+    return found
+
+
+def isolated_config(broker: Broker, *, replication: int = 1, **detection: Any) -> VigilConfig:
+    """A configuration with topics and a consumer group of its own, on a session broker.
+
+    The embedded broker's work-arounds (``kafka.embedded_quirks``) are on only for the embedded broker.
+    Topics are created with ``replication`` replicas.
+    """
     n = f"t{os.getpid()}x{next(_ids)}"
     base = load_config(None)
     kafka = base.kafka.model_copy(
         update={
             "bootstrap_servers": broker.bootstrap_servers,
-            "embedded_quirks": True,
+            "embedded_quirks": isinstance(broker, EmbeddedBroker),
             "app_id": f"vigil-{n}",
+            "replication_factor": replication,
             "topics": base.kafka.topics.model_copy(
                 update={
                     "samples": f"{n}.samples",
                     "verdicts": f"{n}.verdicts",
                     "deadletter": f"{n}.deadletter",
+                    "metadata": f"{n}.metadata",
                 }
             ),
         }
     )
     det = base.detection.model_copy(update=detection)
     config = base.model_copy(update={"kafka": kafka, "detection": det})
-    asyncio.run(ensure_topics(kafka.bootstrap_servers, topic_names(kafka), kafka.partitions))
+    asyncio.run(ensure_topics(kafka.bootstrap_servers, topic_names(kafka), kafka.partitions, replication))
     return config
 
 
@@ -63,6 +97,7 @@ def config_env(config: VigilConfig) -> dict[str, str]:
         "VIGIL_KAFKA__TOPICS__SAMPLES": k.topics.samples,
         "VIGIL_KAFKA__TOPICS__VERDICTS": k.topics.verdicts,
         "VIGIL_KAFKA__TOPICS__DEADLETTER": k.topics.deadletter,
+        "VIGIL_KAFKA__TOPICS__METADATA": k.topics.metadata,
         "VIGIL_DETECTION__CHECKPOINT_INTERVAL_S": str(d.checkpoint_interval_s),
         "VIGIL_DETECTION__WARMUP": str(d.warmup),
     }

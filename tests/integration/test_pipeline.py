@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from connectors.broker import EmbeddedBroker
 from engine.bank import load_checkpoint
 from engine.samples import analysis_key, partition_for
-from tests.conftest import Worker, config_env, isolated_config, read_topic
+from tests.conftest import Broker, Worker, config_env, isolated_config, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +40,9 @@ def opened(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_replay_raises_the_incident_and_nothing_on_the_flat_stretch(
-    broker: EmbeddedBroker, worker_factory: Callable[..., Worker], tmp_path: Path
+    any_broker: Broker, worker_factory: Callable[..., Worker], tmp_path: Path
 ) -> None:
+    broker = any_broker
     config = isolated_config(broker)
     worker_factory(config)
     rng = random.Random(1)
@@ -170,13 +171,15 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_agent_carries_on(
 
 
 def test_a_restarted_worker_gets_every_model_back(
-    broker: EmbeddedBroker, worker_factory: Callable[..., Worker]
+    any_broker: Broker, worker_factory: Callable[..., Worker]
 ) -> None:
     """Models are checkpointed to a table; after a restart, every key must be past its warm-up.
 
     If the table came back incomplete (the embedded broker's ListOffsets bug), the keys whose state was
     lost would be warming up again and could not raise an anomaly on the spike sent after the restart.
+    Runs on the embedded broker and on Apache Kafka.
     """
+    broker = any_broker
     config = isolated_config(broker, checkpoint_interval_s=0.2, warmup=50)
     keys = [("svc", f"metric_{i}") for i in range(24)]
     topic = config.kafka.topics.samples

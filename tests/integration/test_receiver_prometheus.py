@@ -28,7 +28,7 @@ from connectors.broker import EmbeddedBroker, free_port
 from connectors.kafka import ensure_topics, topic_names, wait_for_port
 from connectors.receiver import Receiver
 from engine.config import VigilConfig
-from tests.conftest import config_env, isolated_config
+from tests.conftest import Broker, config_env, isolated_config
 from tests.fixtures.prometheus import (
     Collector,
     Prometheus,
@@ -40,6 +40,7 @@ from tests.fixtures.prometheus import (
     tansu,
     until,
 )
+from tests.kafka.node import KafkaNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -78,14 +79,39 @@ async def flowing(
 # --- fixtures -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def config(broker: EmbeddedBroker) -> VigilConfig:
+def receiver_config(broker: Broker) -> VigilConfig:
     config = isolated_config(broker)
     topics = config.kafka.topics.model_copy(update={"metadata": f"{config.kafka.topics.samples}.metadata"})
     kafka = config.kafka.model_copy(update={"ack_timeout_s": 2.0, "topics": topics})
     return config.model_copy(
         update={"kafka": kafka, "receiver": config.receiver.model_copy(update={"port": 0})}
     )
+
+
+@pytest.fixture
+def config(any_broker: Broker) -> VigilConfig:
+    """On the embedded broker and on Apache Kafka."""
+    return receiver_config(any_broker)
+
+
+@pytest.fixture
+def embedded_config(broker: EmbeddedBroker) -> VigilConfig:
+    return receiver_config(broker)
+
+
+@contextlib.contextmanager
+def kafka_node(listen_port: int, advertised_port: int, data_dir: Path) -> Iterator[None]:
+    """An Apache Kafka of its own that tells clients to connect through the proxy."""
+    node = KafkaNode(
+        data_dir,
+        port=listen_port,
+        properties=(f"advertised.listeners=PLAINTEXT://127.0.0.1:{advertised_port}",),
+    )
+    node.start()
+    try:
+        yield
+    finally:
+        node.stop()
 
 
 @contextlib.asynccontextmanager
@@ -140,7 +166,12 @@ async def test_broker_cut_under_four_shards_loses_nothing_and_keeps_order(
 ) -> None:
     broker_port = free_port()
     proxy = Proxy(broker_port)
-    with tansu(broker_port, proxy.port):
+    behind_proxy = (
+        tansu(broker_port, proxy.port)
+        if config.kafka.embedded_quirks
+        else kafka_node(broker_port, proxy.port, tmp_path / "kafka")
+    )
+    with behind_proxy:
         await asyncio.to_thread(wait_for_port, f"127.0.0.1:{broker_port}", 20)
         await proxy.start()
         kafka = config.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{proxy.port}"})
@@ -236,7 +267,8 @@ def vigil_ingest(config_file: Path, config: VigilConfig) -> subprocess.Popen[byt
     )
 
 
-async def test_tls_and_bearer_auth_through_vigil_ingest(config: VigilConfig, tmp_path: Path) -> None:
+async def test_tls_and_bearer_auth_through_vigil_ingest(embedded_config: VigilConfig, tmp_path: Path) -> None:
+    config = embedded_config
     import ssl
 
     cert, key = self_signed(tmp_path)

@@ -59,3 +59,26 @@ def test_kafka_runs_in_kraft_mode_with_the_official_image() -> None:
 def test_prometheus_remote_writes_to_the_ingest_service() -> None:
     prometheus = yaml.safe_load((ROOT / "config" / "prometheus.yml").read_text())
     assert prometheus["remote_write"][0]["url"] == "http://ingest:9201/api/v1/write"
+
+
+def run_kafka_settings() -> dict[str, str]:
+    """The fixed server properties tests/kafka/run-kafka.sh writes (values without shell variables)."""
+    script = (ROOT / "tests" / "kafka" / "run-kafka.sh").read_text()
+    block = script.split('cat >"$dir/server.properties" <<EOF\n', 1)[1].split("\nEOF\n", 1)[0]
+    pairs = (line.split("=", 1) for line in block.splitlines() if "=" in line and not line.startswith("#"))
+    return {key: value for key, value in pairs if "$" not in value}
+
+
+def test_kafka_has_the_version_and_settings_of_the_tests() -> None:
+    kafka = compose()["services"]["kafka"]
+    pom = (ROOT / "tests" / "kafka" / "pom.xml").read_text()
+    version = pom.split("<kafka.version>", 1)[1].split("</kafka.version>", 1)[0]
+    assert kafka["image"] == f"apache/kafka:{version}"
+    settings = run_kafka_settings()
+    assert {"process.roles", "auto.create.topics.enable", "broker.session.timeout.ms"} <= settings.keys()
+    environment = {k: str(v) for k, v in kafka["environment"].items()}
+    for key, value in settings.items():
+        name = "KAFKA_" + key.upper().replace(".", "_")
+        assert environment.get(name) == value, (
+            f"docker-compose.yml: {name} should be {value!r} as in the tests"
+        )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Direction, load_config, redacted
+from engine.config import Direction, ProcessingGuarantee, load_config, redacted
 from engine.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,3 +174,27 @@ def test_the_worker_section_defaults_and_overrides(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("VIGIL_WORKER__METRICS_ENABLED", "false")
     worker = load_config(None).worker
     assert (worker.metrics_enabled, worker.metrics_port) == (False, 0)
+
+
+def test_at_least_once_is_the_processing_guarantee_and_reaches_faust(tmp_path: Path) -> None:
+    from engine.app import faust_settings
+
+    config = load_config(write(tmp_path, "kafka:\n  processing_guarantee: at_least_once\n"))
+    assert config.kafka.processing_guarantee is ProcessingGuarantee.AT_LEAST_ONCE
+    assert load_config(None).kafka.processing_guarantee is ProcessingGuarantee.AT_LEAST_ONCE
+    assert faust_settings(config)["processing_guarantee"] == "at_least_once"
+
+
+def test_exactly_once_is_refused_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "kafka:\n  processing_guarantee: exactly_once\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert f"{path}: kafka.processing_guarantee: " in message
+    assert "Faust 0.15" in message
+    assert all(issue in message for issue in ("517", "440", "323", "177"))
+    assert "embedded broker cannot do transactions" in message
+    assert "\n" not in message
+    monkeypatch.setenv("VIGIL_KAFKA__PROCESSING_GUARANTEE", "exactly_once")
+    with pytest.raises(ConfigError, match="exactly_once is not offered"):
+        load_config(None)
