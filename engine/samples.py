@@ -20,7 +20,8 @@ Version 2 (written by ingest, the poller and ``vigil replay``) carries one of tw
 * ``"kind": "prepared"`` — series already computed (PromQL results, CSV replays): analysed as they are::
 
     {"v": 2, "kind": "prepared", "series": [
-      {"service": "checkout", "metric": "error_ratio", "instance": "a:80", "points": [[1732530000000, 0.01]]}]}
+      {"service": "checkout", "metric": "error_ratio", "instance": "a:80",
+       "points": [[1732530000000, 0.01]]}]}
 
 Version 1 (``{"v": 1, "series": [...]}``, prepared series only) is still read, so a worker can be upgraded
 while older records wait on the topic.

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import engine.histograms
-import engine.series_names
+import engine.preparation.names
+import engine.preparation.quantiles
 from engine.config import LabelsConfig
-from engine.prepare import Count, Prepared, Preparer
+from engine.preparation import Count, Prepared, Preparer
 from engine.raw import Labels, MetricKind, NativeHistogram, RawSeries, WriteRequest
 from engine.samples import Point
 
@@ -63,7 +63,9 @@ def approx_points(points: list[Point]) -> list[tuple[int, object]]:
     return [(ts, None if v is None else pytest.approx(v)) for ts, v in points]
 
 
-@pytest.mark.parametrize("module", [engine.histograms, engine.series_names], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [engine.preparation.quantiles, engine.preparation.names], ids=lambda m: m.__name__
+)
 def test_doctests(module: ModuleType) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
@@ -547,8 +549,8 @@ def test_forgotten_histogram_frees_its_group_and_outputs() -> None:
     for i in range(1, 8):
         run(p, raw("up", [(T0 + i * S, 1.0)]))
     assert p.tracked == 1
-    assert len(p._groups) == 0
-    assert len(p._outputs) == 1
+    assert p.held["groups"] == 0
+    assert p.held["outputs"] == 1
 
 
 # --- invariants ---

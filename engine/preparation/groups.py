@@ -1,4 +1,4 @@
-"""Series that :mod:`engine.prepare` computes together per timestamp: classic histogram buckets, _sum/_count.
+"""Series that are computed together per timestamp: the buckets of a classic histogram, a _sum/_count pair.
 
 Prometheus shards series over requests, so the members of a group may arrive in different requests; a
 group collects their samples and computes each timestamp once, in time order, when every member has sent
@@ -11,29 +11,28 @@ timestamps given up in bulk are only counted, except the few that can still give
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
-from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, ClassVar, Final, cast
+from typing import ClassVar, Final, Protocol, cast
 
-from engine.histograms import sorted_bucket_quantiles
-from engine.prepare_counts import Count
-from engine.series_state import NEVER, BucketTrack, CounterTrack, Output
+from engine.preparation.context import NEVER, Context, Output
+from engine.preparation.counts import Count
 
-if TYPE_CHECKING:
-    from engine.prepare import Preparer
+__all__ = ["Group", "Member"]
 
-__all__ = ["Group", "MeanGroup", "QuantileGroup"]
-
-_INF: Final = math.inf
 _MAX_WAIT_MS: Final = 60_000  # how long (sample time) a histogram timestamp waits for missing buckets
 _MAX_PENDING: Final = 8  # timestamps a histogram may have waiting at once
 _NO_MEMBER: Final = 1 << 62  # "the oldest member" of none: later than any timestamp
 
-_Member = CounterTrack | BucketTrack
-_Row = dict[float | str, float]
-_PendingRow = dict[float | str, float | None]  # None: that member's stale marker
-_Buckets = tuple[list[float], list[float]]  # ascending bounds (the last +Inf), cumulative counts
+
+class Member(Protocol):
+    """A series that sends samples to a group (a bucket, a _sum or a _count), known by its ``key``."""
+
+    key: float | str
+    last_ts: int
+
+
+Row = dict[float | str, float]
+PendingRow = dict[float | str, float | None]  # None: that member's stale marker
 _Sent = dict[int, float | None]  # one member key's waiting samples by timestamp (None: its stale marker)
 
 
@@ -63,23 +62,23 @@ class Group:
     def __init__(self, key: tuple[str, ...], outs: list[Output]) -> None:
         self.key = key
         self.outs = outs
-        self.members: dict[float | str, _Member] = {}
+        self.members: dict[float | str, Member] = {}
         # the waiting samples by member key, then timestamp (not by timestamp, then key): a bucket's samples
         # of one request go in with one update, and a timestamp's row is only put together when looked at
         self.sent: dict[float | str, _Sent] = {}
         self.stale: set[int] = set()  # waiting timestamps with a stale marker (or that had one)
-        self.prev: _Row | None = None
+        self.prev: Row | None = None
         self.done_ts = NEVER
         self.newest = NEVER
         self.live = False
         self.refs = 0
         self.changed = False  # a member sent something or left since the last flush
 
-    def add(self, p: Preparer, ts: int, member: _Member, value: float | None) -> None:
+    def add(self, ctx: Context, ts: int, member: Member, value: float | None) -> None:
         """Collect a member's sample; ``None`` is its stale marker."""
         self.changed = True
         if ts <= self.done_ts:
-            p._count(Count.LATE)
+            ctx.count(Count.LATE)
             return
         key = member.key
         members = self.members
@@ -95,9 +94,9 @@ class Group:
             self.live = True
         if ts > self.newest:
             self.newest = ts
-        p._waiting[self] = None  # (where it was, if it was waiting already)
+        ctx.wait(self)
 
-    def collect(self, p: Preparer, member: BucketTrack, samples: list[tuple[int, float]]) -> None:
+    def collect(self, ctx: Context, member: Member, samples: list[tuple[int, float]]) -> None:
         """A bucket's samples of one request, as sent: :meth:`add` for the ones newer than the bucket's last
         that are finite or a stale marker; the others are counted (out of order, NaN, ±Inf).
 
@@ -111,7 +110,7 @@ class Group:
         newest = max(last, self.done_ts)
         for ts, v in samples:
             if ts <= newest or v - v:  # out of order, late, NaN or ±Inf (v - v is 0 for every finite v)
-                self._collect_each(p, member, samples)
+                self._collect_each(ctx, member, samples)
                 return
             newest = ts
         key = member.key
@@ -127,30 +126,30 @@ class Group:
         self.live = True
         if newest > self.newest:
             self.newest = newest
-        p._waiting[self] = None
+        ctx.wait(self)
 
-    def _collect_each(self, p: Preparer, member: BucketTrack, samples: list[tuple[int, float]]) -> None:
+    def _collect_each(self, ctx: Context, member: Member, samples: list[tuple[int, float]]) -> None:
         """:meth:`collect`, one sample at a time."""
         done = self.done_ts
         for ts, v in samples:
             last = member.last_ts
             if ts <= last:
-                p._disorder(ts == last)
+                ctx.disorder(ts == last)
                 continue
             member.last_ts = ts
             if v - v:
-                if p._nonfinite(v):
-                    self.add(p, ts, member, None)
+                if ctx.nonfinite(v):
+                    self.add(ctx, ts, member, None)
             elif ts <= done:
-                p._count(Count.LATE)
+                ctx.count(Count.LATE)
             else:
-                self.add(p, ts, member, v)
+                self.add(ctx, ts, member, v)
 
-    def _row(self, ts: int) -> _PendingRow:
+    def _row(self, ts: int) -> PendingRow:
         """What the members sent for ``ts``."""
         return {key: sent[ts] for key, sent in self.sent.items() if ts in sent}
 
-    def flush(self, p: Preparer) -> None:
+    def flush(self, ctx: Context) -> None:
         """Compute the waiting timestamps that are complete or will not complete (after each request).
 
         Deciding only after the whole request has been read lets a new histogram's buckets all join first.
@@ -168,7 +167,7 @@ class Group:
         forced = max(len(order) - _MAX_PENDING, bisect_left(order, self.newest - _MAX_WAIT_MS))
         oldest = _oldest(self.members)  # the oldest last timestamp of a member
         if forced > 0:
-            oldest = self._give_up(p, order, forced, oldest)
+            oldest = self._give_up(ctx, order, forced, oldest)
         members = self.members
         required = self.required
         done = forced
@@ -178,11 +177,11 @@ class Group:
             if not complete and (oldest < ts or not members.keys() >= required):
                 break  # some member may still send it (a new histogram's +Inf bucket may be unknown yet)
             done += 1
-            oldest = self._finalize(p, ts, row, complete=complete, oldest=oldest)
+            oldest = self._finalize(ctx, ts, row, complete=complete, oldest=oldest)
         if done == len(order):
             sent.clear()
             self.stale.clear()
-            p._waiting.pop(self, None)
+            ctx.unwait(self)
         elif done:  # keep the rest (at most _MAX_PENDING timestamps)
             kept = order[done:]
             for key, samples in sent.items():
@@ -190,7 +189,7 @@ class Group:
             if self.stale:
                 self.stale.intersection_update(kept)
 
-    def _give_up(self, p: Preparer, order: list[int], forced: int, oldest: int) -> int:
+    def _give_up(self, ctx: Context, order: list[int], forced: int, oldest: int) -> int:
         """Decide the first ``forced`` of the waiting timestamps ``order``, which cannot wait any longer.
 
         Each would drop the members that sent nothing since (unless it is complete) and be computed with
@@ -211,7 +210,7 @@ class Group:
                 continue  # e.g. a _sum without its _count: given up like the others
             i = bisect_left(order, ts, looked + 1, forced)
             if i > looked + 1:  # the ones given up since the last one looked at
-                p._count(Count.INCOMPLETE_GROUP, i - looked - 1)
+                ctx.count(Count.INCOMPLETE_GROUP, i - looked - 1)
                 if oldest < order[i - 1]:
                     oldest = _drop_older(members, order[i - 1])
             looked = i
@@ -219,15 +218,15 @@ class Group:
             if not complete and oldest < ts:
                 oldest = _drop_older(members, ts)
                 complete = len(row) >= len(members) and row.keys() >= required
-            oldest = self._finalize(p, ts, row, complete=complete, oldest=oldest)
+            oldest = self._finalize(ctx, ts, row, complete=complete, oldest=oldest)
         if last > looked:
-            p._count(Count.INCOMPLETE_GROUP, last - looked)
+            ctx.count(Count.INCOMPLETE_GROUP, last - looked)
             if oldest < order[last]:
                 oldest = _drop_older(members, order[last])
         self.done_ts = order[last]
         return oldest
 
-    def _finalize(self, p: Preparer, ts: int, row: _PendingRow, *, complete: bool, oldest: int) -> int:
+    def _finalize(self, ctx: Context, ts: int, row: PendingRow, *, complete: bool, oldest: int) -> int:
         """Compute one timestamp, or give it up; ``oldest`` (the oldest last timestamp of a member) after."""
         self.done_ts = ts
         if None in row.values():  # stale markers: the derived series end, the state is forgotten
@@ -236,127 +235,42 @@ class Group:
                     self.members.pop(key, None)
             if self.live:
                 for out in self.outs:
-                    p._emit(out, [(ts, None)])
+                    ctx.emit(out, [(ts, None)])
                 self.live = False
             rest = {key: value for key, value in row.items() if value is not None}
             self.prev = rest or None  # a single bucket going away: the others carry on from here
             return _oldest(self.members)
-        values = cast(_Row, row)
+        values = cast(Row, row)
         prev = self.prev
         if not complete and not (
             self.required <= values.keys() and (prev is None or prev.keys() <= values.keys())
         ):
-            p._count(Count.INCOMPLETE_GROUP)
+            ctx.count(Count.INCOMPLETE_GROUP)
             return oldest
-        self._compute(p, prev, values, ts)
+        self._compute(ctx, prev, values, ts)
         self.prev = values
         return oldest
 
-    def _compute(self, p: Preparer, prev: _Row | None, row: _Row, ts: int) -> None:
+    def _compute(self, ctx: Context, prev: Row | None, row: Row, ts: int) -> None:
         raise NotImplementedError
 
-    def leave(self, member: _Member) -> None:
+    def leave(self, ctx: Context, member: Member) -> None:
+        """``member`` is forgotten; the group too when it was the last reference."""
         self.changed = True
         if self.members.get(member.key) is member:
             del self.members[member.key]
+        self.refs -= 1
+        if self.refs <= 0:
+            ctx.drop_group(self)
 
 
-def _oldest(members: dict[float | str, _Member]) -> int:
+def _oldest(members: dict[float | str, Member]) -> int:
     """The oldest last timestamp of ``members``; later than any timestamp when there are none."""
     return min([m.last_ts for m in members.values()], default=_NO_MEMBER)
 
 
-def _drop_older(members: dict[float | str, _Member], ts: int) -> int:
+def _drop_older(members: dict[float | str, Member], ts: int) -> int:
     """Drop the members whose last timestamp is before ``ts``; the oldest last timestamp of the others."""
     for key in [k for k, m in members.items() if m.last_ts < ts]:
         del members[key]
     return _oldest(members)
-
-
-class QuantileGroup(Group):
-    """The buckets of one classic histogram → its quantile series."""
-
-    __slots__ = ("absolute", "bounds", "qs")
-
-    required = frozenset({_INF})
-
-    def __init__(
-        self, key: tuple[str, ...], outs: list[Output], qs: tuple[float, ...], absolute: bool
-    ) -> None:
-        super().__init__(key, outs)
-        self.qs = qs
-        self.absolute = absolute
-        self.bounds: tuple[frozenset[float | str], list[float]] = (frozenset(), [])  # last bounds, sorted
-
-    def _sorted(self, keys: AbstractSet[float | str]) -> list[float]:
-        """The bucket bounds ``keys`` in ascending order: sorted once while the buckets stay the same."""
-        known, ordered = self.bounds
-        if keys != known:
-            ordered = sorted(cast(AbstractSet[float], keys))
-            self.bounds = (frozenset(keys), ordered)
-        return ordered
-
-    def _compute(self, p: Preparer, prev: _Row | None, row: _Row, ts: int) -> None:
-        buckets = self._absolute(p, row) if self.absolute else self._increase(p, prev, row)
-        if buckets is None:
-            return
-        values = sorted_bucket_quantiles(self.qs, *buckets)
-        if values is None:  # only a +Inf bucket in common with the previous timestamp
-            return
-        for out, value in zip(self.outs, values, strict=True):
-            if not value - value:
-                p._emit(out, [(ts, value)])
-
-    def _absolute(self, p: Preparer, row: _Row) -> _Buckets | None:
-        """A gauge histogram's buckets (bounds, counts): the counts are the distribution now."""
-        if not row.get(_INF, 0.0) > 0:
-            p._count(Count.NO_TRAFFIC)
-            return None
-        if len(row) < 2:  # only a +Inf bucket: nothing to interpolate
-            return None
-        bounds = self._sorted(row.keys())
-        return bounds, [row[bound] for bound in bounds]
-
-    def _increase(self, p: Preparer, prev: _Row | None, row: _Row) -> _Buckets | None:
-        """The buckets (bounds, counts) of the increase since the previous timestamp, as ``rate()`` has it."""
-        if prev is None:
-            return None
-        last, now = prev.get(_INF), row.get(_INF)
-        if last is None or now is None:
-            return None
-        reset = now < last
-        if reset:
-            p._count(Count.COUNTER_RESET)
-        if not (now if reset else now - last) > 0:
-            p._count(Count.NO_TRAFFIC)
-            return None
-        if len(row) < 2:  # only a +Inf bucket: nothing to interpolate
-            return None
-        keys = row.keys()
-        bounds = self._sorted(keys if keys == prev.keys() else keys & prev.keys())
-        if reset:
-            return bounds, [row[bound] for bound in bounds]
-        # a bucket that went down alone restarted too
-        return bounds, [v if (v := row[b]) < (before := prev[b]) else v - before for b in bounds]
-
-
-class MeanGroup(Group):
-    """The _sum and _count of one histogram or summary → the mean observation per interval."""
-
-    __slots__ = ()
-
-    required = frozenset({"sum", "count"})
-
-    def _compute(self, p: Preparer, prev: _Row | None, row: _Row, ts: int) -> None:
-        if prev is None or not (self.required <= row.keys() and self.required <= prev.keys()):
-            return
-        count, sum_ = row["count"], row["sum"]
-        d_count, d_sum = count - prev["count"], sum_ - prev["sum"]
-        if d_count < 0:  # reset (the sum alone may go down legitimately, with negative observations)
-            d_count, d_sum = count, sum_
-        if not d_count > 0:
-            p._count(Count.NO_TRAFFIC)
-            return
-        mean = d_sum / d_count
-        if not mean - mean:
-            p._emit(self.outs[0], [(ts, mean)])
