@@ -6,7 +6,7 @@ mean of its family (:class:`~engine.preparation.histograms.MeanGroup`).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 from engine.preparation.context import Context, Output
 from engine.preparation.counts import Count
@@ -23,7 +23,7 @@ _CREATED_WINDOW_MS: Final = 5 * 60_000  # a created timestamp older than this sa
 class CounterTrack(Track):
     """Counters (and the _count / _sum halves of histograms and summaries, which also feed a mean)."""
 
-    __slots__ = ("group", "key", "last_v", "out")
+    __slots__ = ("group", "histogram", "key", "last_v", "out")
 
     def __init__(
         self,
@@ -34,10 +34,12 @@ class CounterTrack(Track):
         role: Role,
         out: Output,
         group: Group | None,
+        histogram: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(name, service, instance, selector, role)
         self.out = out
         self.group = group
+        self.histogram = histogram  # the key of the classic histogram whose _count or _sum this is
         self.key: float | str = "sum" if role is Role.SUM else "count"
         self.last_v: float | None = None
 
@@ -45,6 +47,8 @@ class CounterTrack(Track):
         last_ts = self.last_ts
         last_v = self.last_v
         group = self.group
+        histogram = self._histogram(ctx)
+        counted = self.key == "count"
         new: list[Point] = []
         if last_v is not None and created_ms > last_ts:  # created anew since our last sample
             last_v = None
@@ -60,6 +64,8 @@ class CounterTrack(Track):
                     if group is not None:
                         self.last_ts = ts
                         group.add(ctx, ts, self, None)
+                        if histogram is not None:
+                            histogram.note(ctx, ts, counted)
                     last_v = None
                     last_ts = ts
                 continue
@@ -77,12 +83,20 @@ class CounterTrack(Track):
             if group is not None:
                 self.last_ts = ts
                 group.add(ctx, ts, self, v)
+                if histogram is not None:
+                    histogram.note(ctx, ts, counted)
             last_ts = ts
             last_v = v
         self.last_ts = last_ts
         self.last_v = last_v
         if new:
             ctx.emit(self.out, new)
+
+    def _histogram(self, ctx: Context) -> Group | None:
+        """The group of this _count's or _sum's classic histogram, if it has buckets (not a summary)."""
+        if self.histogram is None:
+            return None
+        return cast(Group | None, ctx.find_group(self.histogram))
 
     def release(self, ctx: Context) -> None:
         super().release(ctx)

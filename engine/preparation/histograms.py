@@ -13,7 +13,7 @@ from typing import Final, cast
 
 from engine.preparation.context import Context, Output
 from engine.preparation.counts import Count
-from engine.preparation.groups import Group, Row
+from engine.preparation.groups import Group, PendingRow, Row
 from engine.preparation.names import Role
 from engine.preparation.quantiles import sorted_bucket_quantiles
 from engine.preparation.tracks import Track
@@ -47,7 +47,7 @@ class BucketTrack(Track):
 class QuantileGroup(Group):
     """The buckets of one classic histogram → its quantile series."""
 
-    __slots__ = ("absolute", "bounds", "qs")
+    __slots__ = ("absolute", "bounds", "counted", "qs")
 
     required = frozenset({_INF})
 
@@ -58,6 +58,28 @@ class QuantileGroup(Group):
         self.qs = qs
         self.absolute = absolute
         self.bounds: tuple[frozenset[float | str], list[float]] = (frozenset(), [])  # last bounds, sorted
+        self.counted: set[int] = set()  # waiting timestamps the histogram's _count has sent
+
+    def note(self, ctx: Context, ts: int, counted: bool) -> None:
+        if counted and ts > self.done_ts:
+            self.counted.add(ts)
+            self.changed = True
+            ctx.wait(self)
+        super().note(ctx, ts, counted)
+
+    def complete(self, ts: int, row: PendingRow) -> bool:
+        """``+Inf``, ``_count`` (not for a gauge histogram) and every bucket of the previous timestamp."""
+        prev = self.prev
+        return (
+            _INF in row
+            and prev is not None
+            and (self.absolute or ts in self.counted)
+            and prev.keys() <= row.keys()
+        )
+
+    def _forget_through(self, ts: int) -> None:
+        if self.counted:
+            self.counted = {t for t in self.counted if t > ts}
 
     def _sorted(self, keys: AbstractSet[float | str]) -> list[float]:
         """The bucket bounds ``keys`` in ascending order: sorted once while the buckets stay the same."""
@@ -117,6 +139,9 @@ class MeanGroup(Group):
     __slots__ = ()
 
     required = frozenset({"sum", "count"})
+
+    def complete(self, ts: int, row: PendingRow) -> bool:
+        return row.keys() >= self.required
 
     def _compute(self, ctx: Context, prev: Row | None, row: Row, ts: int) -> None:
         if prev is None or not (self.required <= row.keys() and self.required <= prev.keys()):

@@ -53,11 +53,12 @@ points of one prepared series are strictly increasing in time, also across reque
 derive the same prepared series, e.g. a classic and a native version of one histogram, the first point
 for a timestamp wins and the other is counted as ``collision``).
 
-**Split histograms.** Prometheus shards series and sends 500 per request, so the buckets of one classic
-histogram at one timestamp may arrive in several requests. They are collected per (histogram, timestamp)
-and computed once every known bucket is there; a timestamp that some bucket skipped (that bucket already
-sent a newer one), or that waited more than a minute of sample time, is computed if it still covers the
-buckets of the previous timestamp, else dropped (``incomplete_group``).
+**Split histograms.** Prometheus shards series and sends 500 per request, and ingest replicas split them
+further, so the buckets of one classic histogram at one timestamp may arrive in several records. They are
+collected per (histogram, timestamp) and computed when ``+Inf``, ``_count`` and every bucket seen at the
+previous timestamp are there, or when a later timestamp of the histogram arrives (any bucket, ``_sum`` or
+``_count``); then a timestamp missing a bucket of the previous one is dropped (``incomplete_group``) and
+the histogram carries on from the buckets it had (see :mod:`engine.preparation.groups`).
 
 **Memory.** At most ``max_series`` raw series are tracked (more are refused: ``series_limit``), and a series
 that has not been seen for ``forget_after_ms`` of sample time is forgotten.
@@ -289,9 +290,10 @@ class Preparer:
             key = ("mean", service, family, instance, sel)
             mean_out = ctx.acquire(service, f"{family}:mean{sel}", instance)
             mean = ctx.group(key, lambda: MeanGroup(key, [mean_out]))
-            if mean.outs[0] is not mean_out:
+            if mean.refs > 1:  # an existing group: give the extra reference back
                 ctx.release(mean_out)
-        return CounterTrack(name, service, instance, sel, role, out, mean)
+        histogram = ("q", service, family, instance, sel, "inc") if mean is not None else None
+        return CounterTrack(name, service, instance, sel, role, out, mean, histogram)
 
     # --- metadata and memory ---
 
