@@ -103,7 +103,7 @@ def create_app(config: VigilConfig) -> faust.App:
         log.info(
             "processed %d samples, %d models, %d dead letters",
             processor.processed,
-            len(bank.models),
+            bank.guards,
             processor.deadlettered,
         )
 

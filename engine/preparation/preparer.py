@@ -68,9 +68,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from engine.config import LabelsConfig
+from engine.preparation import state
 from engine.preparation.context import NEVER, Context
 from engine.preparation.counters import CounterTrack
 from engine.preparation.counts import Count
@@ -321,3 +322,29 @@ class Preparer:
             for labels in idle:
                 self._tracks.pop(labels).release(self._ctx)
         self._next_tick = self._clock + self._tick_ms
+
+    # --- checkpoints ---
+
+    def state(self) -> dict[str, Any]:
+        """Everything this preparer knows, as plain data (numbers, strings, lists): see :mod:`.state`."""
+        return state.dump(self._tracks, self._ctx, [self._epoch, self._clock, self._next_tick])
+
+    def restore(self, doc: Any) -> None:
+        """Take the state of :meth:`state` back, into a fresh preparer; ``ValueError`` when it is damaged."""
+        if self._tracks:
+            raise ValueError("restore() needs a fresh preparer")
+        try:
+            self._epoch, self._clock, self._next_tick = (int(v) for v in doc["clock"])
+            for labels, track_doc in state.tracks_of(doc):
+                kind = track_doc.kind
+                track = self._parse(labels, kind)
+                track.kind_in = kind
+                self._tracks[labels] = track
+                if not state.apply_track(track, track_doc, self._ctx):
+                    self._ctx.count(Count.RETYPED)
+            state.apply_shared(doc, self._ctx)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            for track in self._tracks.values():
+                track.release(self._ctx)
+            self._tracks.clear()
+            raise ValueError(f"preparation state is damaged: {exc!r}") from None
