@@ -13,6 +13,7 @@ from faust.types import TP
 from engine import faust_fixes
 from engine.bank import ModelBank
 from engine.config import VigilConfig
+from engine.metadata import MetadataFollower
 from engine.processor import Processor, Source
 from engine.samples import partition_for
 
@@ -66,6 +67,8 @@ def create_app(config: VigilConfig) -> faust.App:
 
     bank = ModelBank(config, load=models.get)
     processor = Processor(bank, max_future_ms=int(config.detection.max_future_s * 1000))
+    metadata = MetadataFollower(kafka, bank.types)
+    app.task(metadata.run)  # every worker reads the whole metadata topic (no group), live
     interval = config.detection.checkpoint_interval_s
 
     def checkpoint(select: Callable[[bytes], bool]) -> None:
@@ -101,10 +104,12 @@ def create_app(config: VigilConfig) -> faust.App:
 
     async def report() -> None:
         log.info(
-            "processed %d samples, %d models, %d dead letters",
+            "processed %d samples, %d models, %d dead letters, %d metric types, preparation %s",
             processor.processed,
             bank.guards,
             processor.deadlettered,
+            len(bank.types),
+            dict(processor.counts),
         )
 
     app.timer(interval=interval)(checkpoint_models)

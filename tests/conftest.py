@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from connectors.broker import EmbeddedBroker
-from connectors.kafka import ensure_topics, topic_names
+from connectors.kafka import compacted_topics, ensure_topics, topic_names
 from engine.config import VigilConfig, load_config
 from vigil.runtime import child_env
 
@@ -44,13 +44,18 @@ def isolated_config(broker: EmbeddedBroker, **detection: Any) -> VigilConfig:
                     "samples": f"{n}.samples",
                     "verdicts": f"{n}.verdicts",
                     "deadletter": f"{n}.deadletter",
+                    "metadata": f"{n}.metadata",
                 }
             ),
         }
     )
     det = base.detection.model_copy(update=detection)
     config = base.model_copy(update={"kafka": kafka, "detection": det})
-    asyncio.run(ensure_topics(kafka.bootstrap_servers, topic_names(kafka), kafka.partitions))
+    asyncio.run(
+        ensure_topics(
+            kafka.bootstrap_servers, topic_names(kafka), kafka.partitions, compacted=compacted_topics(kafka)
+        )
+    )
     return config
 
 
@@ -63,6 +68,7 @@ def config_env(config: VigilConfig) -> dict[str, str]:
         "VIGIL_KAFKA__TOPICS__SAMPLES": k.topics.samples,
         "VIGIL_KAFKA__TOPICS__VERDICTS": k.topics.verdicts,
         "VIGIL_KAFKA__TOPICS__DEADLETTER": k.topics.deadletter,
+        "VIGIL_KAFKA__TOPICS__METADATA": k.topics.metadata,
         "VIGIL_DETECTION__CHECKPOINT_INTERVAL_S": str(d.checkpoint_interval_s),
         "VIGIL_DETECTION__WARMUP": str(d.warmup),
     }

@@ -22,7 +22,7 @@ from types import FrameType
 import orjson
 
 from connectors.broker import EmbeddedBroker, die_with_parent
-from connectors.kafka import ensure_topics, topic_names
+from connectors.kafka import compacted_topics, ensure_topics, topic_names
 from engine.config import VigilConfig
 from engine.errors import VigilError
 
@@ -150,7 +150,9 @@ def kafka_for(config: VigilConfig) -> Iterator[VigilConfig]:
     if not config.kafka.embedded:
         yield config
         return
-    broker = EmbeddedBroker(topic_names(config.kafka), config.kafka.partitions)
+    broker = EmbeddedBroker(
+        topic_names(config.kafka), config.kafka.partitions, compacted=compacted_topics(config.kafka)
+    )
     with broker:
         path = state_file()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +172,13 @@ def supervise(config_path: Path | None, config: VigilConfig, parts: list[str]) -
             if not config.kafka.embedded:
                 k = live.kafka
                 asyncio.run(
-                    ensure_topics(k.bootstrap_servers, topic_names(k), k.partitions, k.replication_factor)
+                    ensure_topics(
+                        k.bootstrap_servers,
+                        topic_names(k),
+                        k.partitions,
+                        k.replication_factor,
+                        compacted_topics(k),
+                    )
                 )
             children = [spawn(part, config_path, live) for part in parts]
             print(f"vigil: running {', '.join(parts)} on Kafka {live.kafka.bootstrap_servers}", flush=True)
