@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.common import machine
 from connectors.broker import EmbeddedBroker
-from connectors.kafka import start_producer, topic_names
+from connectors.kafka import compacted_topics, start_producer, topic_names
 from engine.bank import ModelBank
 from engine.config import VigilConfig, load_config
 from engine.samples import Series, encode_batch, partition_for
@@ -124,7 +124,9 @@ def main() -> None:
     base = load_config(None)
     series = make_series(args.keys, args.points)
     total = args.keys * args.points
-    with EmbeddedBroker(topic_names(base.kafka), base.kafka.partitions) as broker:
+    with EmbeddedBroker(
+        topic_names(base.kafka), base.kafka.partitions, compacted=compacted_topics(base.kafka)
+    ) as broker:
         config = with_kafka(base, broker.bootstrap_servers, quirks=True)
         messages = batches(series, config.kafka.partitions)
         worker = subprocess.Popen([sys.executable, "-m", "vigil", "worker"], env=child_env(config))

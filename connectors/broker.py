@@ -65,8 +65,15 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child between f
 class EmbeddedBroker:
     """Start with :meth:`start` or ``with EmbeddedBroker(...)``; then ``bootstrap_servers`` answers."""
 
-    def __init__(self, topics: Iterable[str] = (), partitions: int = 4, port: int | None = None) -> None:
+    def __init__(
+        self,
+        topics: Iterable[str] = (),
+        partitions: int = 4,
+        port: int | None = None,
+        compacted: Iterable[str] = (),
+    ) -> None:
         self.topics = list(topics)
+        self.compacted = list(compacted)  # those of ``topics`` created with cleanup.policy=compact
         self.partitions = partitions
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -93,7 +100,9 @@ class EmbeddedBroker:
             if self.process.poll() is not None:
                 raise BrokerUnavailable(f"embedded broker exited with {self.process.returncode} at start-up")
             if self.topics:
-                asyncio.run(ensure_topics(self.bootstrap_servers, self.topics, self.partitions))
+                asyncio.run(
+                    ensure_topics(self.bootstrap_servers, self.topics, self.partitions, 1, self.compacted)
+                )
         except BaseException:
             self.stop()
             raise

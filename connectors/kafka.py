@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 TOPIC_EXISTS = TopicAlreadyExistsError.errno
 #: how long a client waits for a topic it needs to exist
 TOPIC_WAIT_S = 30.0
+COMPACT = {"cleanup.policy": "compact"}
 
 
 def first_address(bootstrap_servers: str) -> tuple[str, int]:
@@ -52,14 +53,26 @@ def wait_for_port(bootstrap_servers: str, timeout: float) -> None:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, names: Iterable[str], partitions: int, replication: int = 1
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int = 1,
+    compacted: Iterable[str] = (),
 ) -> None:
-    """Create the topics that do not exist yet (existing ones are left as they are)."""
+    """Create the topics that do not exist yet (existing ones are left as they are).
+
+    The ``compacted`` ones get ``cleanup.policy=compact``: they hold the latest value per key (metadata).
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(n, partitions, replication) for n in names if n not in existing]
+        compact = set(compacted)
+        wanted = [
+            NewTopic(n, partitions, replication, topic_configs=COMPACT if n in compact else None)
+            for n in names
+            if n not in existing
+        ]
         if not wanted:
             return
         response = await admin.create_topics(wanted)
@@ -74,7 +87,12 @@ async def ensure_topics(
 
 def topic_names(config: KafkaConfig) -> list[str]:
     t = config.topics
-    return [t.samples, t.verdicts, t.deadletter]
+    return [t.samples, t.verdicts, t.deadletter, t.metadata]
+
+
+def compacted_topics(config: KafkaConfig) -> list[str]:
+    """The topics of :func:`topic_names` that are compacted."""
+    return [config.topics.metadata]
 
 
 async def start_producer(config: KafkaConfig, **overrides: object) -> AIOKafkaProducer:

@@ -1,4 +1,8 @@
-"""Push a series through the real pipeline: produce its points to ``vigil.samples``."""
+"""Push a series through the real pipeline: produce its points to ``vigil.samples``.
+
+The points are already what should be analysed (a CSV of values), so they go as version 2 ``prepared``
+records, keyed by (service, metric family) like every sample: the worker does not prepare them again.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Sequence
 
 from connectors.kafka import start_producer, topic_partitions
 from engine.config import KafkaConfig
-from engine.samples import Series, encode_batch, partition_for
+from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
 
 BATCH_POINTS = 500
 
@@ -25,7 +29,7 @@ async def replay(
 ) -> int:
     """Produce ``points`` in batches; with ``speed`` > 0, paced at that multiple of their own time."""
     producer = await start_producer(kafka)
-    key = Series(service, metric, instance, ()).key
+    key = sample_key(service, family_of(metric))
     started = time.monotonic()
     first_ts = points[0][0] if points else 0
     try:

@@ -17,6 +17,7 @@ from connectors.metrics import MetricsServer, worker_registry
 from engine import faust_fixes
 from engine.bank import ModelBank
 from engine.config import VigilConfig
+from engine.metadata import MetadataFollower
 from engine.processor import Processor, Source
 from engine.samples import partition_for
 from engine.worker_stats import WorkerStats, WorkerTally
@@ -63,6 +64,8 @@ def create_app(config: VigilConfig) -> faust.App:
 
     bank = ModelBank(config, load=models.get)
     processor = Processor(bank, max_future_ms=int(config.detection.max_future_s * 1000))
+    metadata = MetadataFollower(kafka, bank.types)
+    app.task(metadata.run)  # every worker reads the whole metadata topic (no group), live
     interval = config.detection.checkpoint_interval_s
     tally = WorkerTally()
 
@@ -104,10 +107,12 @@ def create_app(config: VigilConfig) -> faust.App:
 
     async def report() -> None:
         log.info(
-            "processed %d samples, %d models, %d dead letters",
+            "processed %d samples, %d models, %d dead letters, %d metric types, preparation %s",
             processor.processed,
-            len(bank.models),
+            bank.guards,
             processor.deadlettered,
+            len(bank.types),
+            dict(processor.counts),
         )
 
     app.timer(interval=interval)(checkpoint_models)
@@ -118,8 +123,8 @@ def create_app(config: VigilConfig) -> faust.App:
         return WorkerStats(
             samples_processed=processor.processed,
             consumer_lag=consumer_lag(app, kafka.topics.samples, tally.processed_offsets),
-            models=len(bank.models),
-            model_bytes=tally.model_bytes(bank.models.keys()),
+            models=bank.guards,
+            model_bytes=tally.model_bytes(bank.units.keys()),
             deadletters=dict(tally.deadletters),
             checkpoint_age_s=tally.checkpoint_age(),
         )

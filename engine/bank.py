@@ -1,81 +1,163 @@
-"""The model bank: one :class:`SeriesGuard` per (service, metric, instance), grouped by analysis key.
+"""The model bank: per sample key (service, metric family), its preparation state and its guards.
 
-Models live in memory (a River update costs microseconds; a table write per sample would not). They are
-checkpointed per analysis key — the unit that maps to one partition — and restored lazily the first time
-a key is seen again. A checkpoint carries a format version and the River version; one written by another
-version is refused (logged and counted) and the key starts fresh, never loaded half-right.
+One :class:`Unit` per sample key (:func:`engine.samples.sample_key`) holds the key's
+:class:`~engine.preparation.Preparer` (raw series → prepared series) and one :class:`SeriesGuard` per
+prepared (metric, instance) derived from it. A Kafka partition owns its keys, so a unit is only ever touched
+by the worker owning that partition.
+
+Units live in memory (a River update costs microseconds; a table write per sample would not). They are
+checkpointed per sample key — the key of the samples, so with ``use_partitioner`` the checkpoint lands in
+the partition of its samples — and restored lazily the first time a key is seen again. A checkpoint is
+**plain data** (JSON: numbers, strings, lists; nothing read from Kafka is ever unpickled) and carries a
+format version, the River version and a hash of the configuration that shapes the state; one that does not
+match is refused (logged, counted) and the key starts fresh, never loaded half-right. A checkpoint larger
+than ``part_bytes`` is split over several table entries whose keys land in the same partition.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import pickle
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import version
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
+from engine import plain
 from engine.config import VigilConfig
 from engine.events import anomaly_event
 from engine.guard import SeriesGuard
-from engine.samples import Series, analysis_key
+from engine.preparation import FamilyTypes, Prepared, Preparer
+from engine.raw import RawSeries, WriteRequest
+from engine.samples import Series, family_of, partition_for, sample_key
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-RIVER_VERSION = version("river")
-_MAGIC = b"VGLCKPT"
+CHECKPOINT_FORMAT: Final = 2
+RIVER_VERSION: Final = version("river")
+PART_BYTES: Final = 512 * 1024  # table entries stay well below Kafka's default 1 MB message limit
+_MAGIC: Final = b"VGLSTATE"
+_PART: Final = b"\x1e"  # separates a sample key from a part's suffix
 
 
 class CheckpointRefused(ValueError):
-    """A checkpoint written by another format or River version."""
+    """A checkpoint that cannot be loaded: another format, River version or configuration, or damaged."""
 
 
-def dump_checkpoint(guards: dict[str, SeriesGuard]) -> bytes:
-    header = orjson.dumps({"format": CHECKPOINT_FORMAT, "river": RIVER_VERSION})
-    return _MAGIC + len(header).to_bytes(4, "big") + header + pickle.dumps(guards, protocol=5)
+def config_hash(config: VigilConfig) -> str:
+    """A hash of the configuration that shapes checkpointed state (not intervals or limits)."""
+    detection = config.detection.model_dump(mode="json", exclude={"checkpoint_interval_s", "max_future_s"})
+    shaping = {
+        "detection": detection,
+        "rules": [r.model_dump(mode="json") for r in config.rules],
+        "labels": config.labels.model_dump(mode="json"),
+        "quantiles": sorted(set(config.receiver.quantiles)),
+    }
+    return hashlib.sha256(orjson.dumps(shaping, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
-def load_checkpoint(blob: bytes) -> dict[str, SeriesGuard]:
+class Unit:
+    """One sample key: its preparation state and the guards of every prepared series derived from it."""
+
+    __slots__ = ("guards", "preparer")
+
+    def __init__(self) -> None:
+        self.preparer: Preparer | None = None
+        self.guards: dict[tuple[str, str], SeriesGuard] = {}  # (metric, instance) → guard
+
+
+def _frame(header: dict[str, Any], payload: bytes) -> bytes:
+    head = orjson.dumps(header)
+    return _MAGIC + len(head).to_bytes(4, "big") + head + payload
+
+
+def _unframe(blob: bytes) -> tuple[dict[str, Any], bytes]:
     if not blob.startswith(_MAGIC):
-        raise CheckpointRefused("not a Vigil checkpoint")
-    size = int.from_bytes(blob[len(_MAGIC) : len(_MAGIC) + 4], "big")
+        raise CheckpointRefused("not a Vigil checkpoint (no format 2 header)")
     start = len(_MAGIC) + 4
+    size = int.from_bytes(blob[len(_MAGIC) : start], "big")
     try:
         header = orjson.loads(blob[start : start + size])
     except orjson.JSONDecodeError:
         raise CheckpointRefused("checkpoint header is damaged") from None
     if not isinstance(header, dict):
         raise CheckpointRefused("checkpoint header is damaged")
-    if header.get("format") != CHECKPOINT_FORMAT or header.get("river") != RIVER_VERSION:
-        raise CheckpointRefused(
-            f"checkpoint format {header.get('format')} / River {header.get('river')} cannot be loaded by "
-            f"format {CHECKPOINT_FORMAT} / River {RIVER_VERSION}"
-        )
-    guards: dict[str, SeriesGuard] = pickle.loads(blob[start + size :])
-    return guards
+    return header, blob[start + size :]
 
 
-@dataclass
+def part_key(key: bytes, index: int, partitions: int) -> bytes:
+    """The table key of part ``index`` (≥ 1) of ``key``'s checkpoint, in the partition of ``key``."""
+    target = partition_for(key, partitions)
+    salt = 0
+    while True:
+        candidate = key + _PART + f"{index}.{salt}".encode()
+        if partition_for(candidate, partitions) == target:
+            return candidate
+        salt += 1
+
+
 class ModelBank:
-    config: VigilConfig
-    load: Callable[[bytes], bytes | None] = lambda key: None
-    models: dict[bytes, dict[str, SeriesGuard]] = field(default_factory=dict)
-    dirty: set[bytes] = field(default_factory=set)
-    refused_checkpoints: int = 0
+    """Units by sample key. ``load(key)`` reads a table entry (checkpoint or part); ``types`` is shared."""
 
-    def observe(self, series: Series) -> list[dict[str, Any]]:
-        """Score then learn every point of ``series``; return the verdict events it caused."""
-        key = analysis_key(series.service, series.metric)
-        guards = self.models.get(key)
-        if guards is None:
-            guards = self.models[key] = self._restore(key)
-        guard = guards.get(series.instance)
+    def __init__(
+        self,
+        config: VigilConfig,
+        load: Callable[[bytes], bytes | None] = lambda key: None,
+        *,
+        types: FamilyTypes | None = None,
+        part_bytes: int = PART_BYTES,
+    ) -> None:
+        self.config = config
+        self.load = load
+        self.types = types if types is not None else FamilyTypes()
+        self.part_bytes = part_bytes
+        self.partitions = config.kafka.partitions
+        self.config_hash = config_hash(config)
+        self.units: dict[bytes, Unit] = {}
+        self.dirty: set[bytes] = set()
+        self.parts: dict[bytes, int] = {}  # key → parts its last checkpoint had (> 1 only)
+        self.refused_checkpoints = 0
+        self.counts: dict[str, int] = {}  # preparation counts (engine.preparation.Count), all keys
+
+    @property
+    def guards(self) -> int:
+        """Guards (models) held."""
+        return sum(len(u.guards) for u in self.units.values())
+
+    # --- the work ---
+
+    def unit(self, key: bytes) -> Unit:
+        """The unit of ``key``, restored from its checkpoint the first time it is seen."""
+        unit = self.units.get(key)
+        if unit is None:
+            unit = self.units[key] = self._restore(key)
+        return unit
+
+    def prepare(self, key: bytes, series: list[RawSeries]) -> Prepared:
+        """Prepare raw series of ``key`` with that key's state; the counts are added to :attr:`counts`."""
+        unit = self.unit(key)
+        if unit.preparer is None:
+            unit.preparer = self._preparer()
+        self.dirty.add(key)
+        prepared = unit.preparer.prepare(WriteRequest(series=series))
+        counts = self.counts
+        for name, n in prepared.counts.items():
+            counts[name] = counts.get(name, 0) + n
+        return prepared
+
+    def observe(self, series: Series, key: bytes | None = None) -> list[dict[str, Any]]:
+        """Score then learn every point of ``series`` (prepared); return the verdict events it caused.
+
+        ``key`` is the sample key it was derived from; by default that of its service and metric family.
+        """
+        if key is None:
+            key = sample_key(series.service, family_of(series.metric))
+        unit = self.unit(key)
         rule = self.config.rule_for(series.metric)
+        guard = unit.guards.get((series.metric, series.instance))
         if guard is None:
-            guard = guards[series.instance] = SeriesGuard(rule, self.config.detection)
+            guard = unit.guards[(series.metric, series.instance)] = SeriesGuard(rule, self.config.detection)
         self.dirty.add(key)
         events = []
         for ts, value in series.points:
@@ -84,27 +166,102 @@ class ModelBank:
                 events.append(anomaly_event(series.service, series.metric, series.instance, rule, transition))
         return events
 
+    # --- checkpoints ---
+
     def checkpoints(self, select: Callable[[bytes], bool]) -> Iterable[tuple[bytes, bytes]]:
-        """(key, checkpoint) for every selected key changed since it was last checkpointed."""
+        """(table key, value) for every selected key changed since it was last checkpointed.
+
+        A key's checkpoint is one entry, or a head and parts when larger than ``part_bytes``; parts the
+        previous checkpoint had and this one has not are emptied (``b""``).
+        """
         chosen = [key for key in self.dirty if select(key)]
         self.dirty.difference_update(chosen)
         for key in chosen:
-            if key in self.models:
-                yield key, dump_checkpoint(self.models[key])
+            unit = self.units.get(key)
+            if unit is not None:
+                yield from self._dump(key, unit)
 
     def forget(self, keep: Callable[[bytes], bool]) -> None:
         """Drop the keys of partitions this worker no longer owns (they are restored if they come back)."""
-        for key in [k for k in self.models if not keep(k)]:
-            del self.models[key]
+        for key in [k for k in self.units if not keep(k)]:
+            del self.units[key]
             self.dirty.discard(key)
+            self.parts.pop(key, None)
 
-    def _restore(self, key: bytes) -> dict[str, SeriesGuard]:
+    def _preparer(self) -> Preparer:
+        return Preparer(self.config.labels, self.config.receiver.quantiles, types=self.types)
+
+    def _header(self) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "river": RIVER_VERSION, "config": self.config_hash}
+
+    def _dump(self, key: bytes, unit: Unit) -> Iterator[tuple[bytes, bytes]]:
+        doc = {
+            "preparation": None if unit.preparer is None else unit.preparer.state(),
+            "guards": [[metric, instance, plain.dump(g)] for (metric, instance), g in unit.guards.items()],
+        }
+        body = orjson.dumps(doc)
+        size = self.part_bytes
+        chunks = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        yield key, _frame({**self._header(), "id": digest, "parts": len(chunks)}, chunks[0])
+        for index, chunk in enumerate(chunks[1:], start=1):
+            yield part_key(key, index, self.partitions), _frame({"part": index, "id": digest}, chunk)
+        for index in range(len(chunks), self.parts.get(key, 1)):
+            yield part_key(key, index, self.partitions), b""
+        if len(chunks) > 1:
+            self.parts[key] = len(chunks)
+        else:
+            self.parts.pop(key, None)
+
+    def _restore(self, key: bytes) -> Unit:
         blob = self.load(key)
         if not blob:
-            return {}
+            return Unit()
         try:
-            return load_checkpoint(blob)
+            return self._read(key, blob)
         except Exception as exc:  # noqa: BLE001 - any damaged checkpoint must only cost its own key
             self.refused_checkpoints += 1
-            log.error("checkpoint of %r refused, starting fresh models: %s", key, exc)
-            return {}
+            log.error("checkpoint of %r refused, the key starts fresh: %s", key, exc)
+            return Unit()
+
+    def _read(self, key: bytes, blob: bytes) -> Unit:
+        header, payload = _unframe(blob)
+        mine = self._header()
+        if any(header.get(field) != mine[field] for field in mine):
+            raise CheckpointRefused(
+                f"checkpoint format {header.get('format')} / River {header.get('river')} / config "
+                f"{header.get('config')} cannot be loaded by format {mine['format']} / River "
+                f"{mine['river']} / config {mine['config']}"
+            )
+        parts = header.get("parts")
+        if type(parts) is not int or not 1 <= parts <= 10_000:
+            raise CheckpointRefused("checkpoint header is damaged (parts)")
+        chunks = [payload]
+        for index in range(1, parts):
+            part = self.load(part_key(key, index, self.partitions))
+            if not part:
+                raise CheckpointRefused(f"checkpoint part {index} of {parts} is missing")
+            part_header, chunk = _unframe(part)
+            if part_header.get("id") != header.get("id") or part_header.get("part") != index:
+                raise CheckpointRefused(f"checkpoint part {index} belongs to another checkpoint")
+            chunks.append(chunk)
+        if parts > 1:
+            self.parts[key] = parts
+        try:
+            doc = orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            raise CheckpointRefused(f"checkpoint body is damaged: {exc}") from None
+        if not isinstance(doc, dict):
+            raise CheckpointRefused("checkpoint body is damaged")
+        unit = Unit()
+        prep = doc.get("preparation")
+        if prep is not None:
+            unit.preparer = self._preparer()
+            unit.preparer.restore(prep)
+        for metric, instance, state in doc.get("guards", ()):
+            if type(metric) is not str or type(instance) is not str or type(state) is not dict:
+                raise CheckpointRefused("checkpoint guards are damaged")
+            guard = SeriesGuard(self.config.rule_for(metric), self.config.detection)
+            plain.apply(guard, state)
+            unit.guards[(metric, instance)] = guard
+        return unit

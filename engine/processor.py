@@ -1,7 +1,10 @@
 """What the worker does with one ``vigil.samples`` record, as plain Python (Faust only wires it up).
 
-A record that cannot be used — or the parts of it that cannot — goes to the dead-letter topic with its
-reason; the rest is processed. Nothing here raises for bad input: an agent must never die of a record.
+Raw series are grouped by sample key (service, metric family) and prepared with that key's state, then
+every prepared series is scored and learned by its guard; prepared series (version 1, or version 2
+``prepared``) are not prepared again. A record that cannot be used — or the parts of it that cannot —
+goes to the dead-letter topic with its reason; the rest is processed. Nothing here raises for bad input:
+an agent must never die of a record.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import orjson
 from engine.bank import ModelBank
 from engine.errors import BadRecord
 from engine.events import encode
-from engine.samples import Rejected, analysis_key, decode_batch
+from engine.preparation import Count
+from engine.raw import RawSeries
+from engine.records import decode_record
+from engine.samples import Rejected, Series, analysis_key, family_of, sample_key
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ class Source:
 class Outcome:
     events: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, CloudEvent JSON)
     deadletters: list[bytes] = field(default_factory=list)
-    samples: int = 0
+    samples: int = 0  # prepared points learned
 
 
 def deadletter(reason: str, source: Source, payload: Any = None, raw: bytes | None = None) -> bytes:
@@ -51,36 +57,83 @@ def deadletter(reason: str, source: Source, payload: Any = None, raw: bytes | No
 
 @dataclass
 class Processor:
+    """Handles records; ``counts`` are the preparation counts (:class:`engine.preparation.Count` values,
+    e.g. ``duplicate``, ``out_of_order``) since start, for the worker's metrics."""
+
     bank: ModelBank
     max_future_ms: int
     processed: int = 0
     deadlettered: int = 0
+    raw_samples: int = 0  # raw samples (and native histograms) received
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.bank.counts
 
     def handle(self, raw: bytes | None, source: Source, now_ms: int | None = None) -> Outcome:
         outcome = Outcome()
         now = int(time.time() * 1000) if now_ms is None else now_ms
         try:
-            series, rejected = decode_batch(raw, now_ms=now, max_future_ms=self.max_future_ms)
+            decoded = decode_record(raw, now_ms=now, max_future_ms=self.max_future_ms)
         except BadRecord as exc:
             outcome.deadletters.append(deadletter(str(exc), source, raw=raw or b""))
             self.deadlettered += 1
             return outcome
-        for r in rejected:
+        for r in decoded.rejected:
             outcome.deadletters.append(self._reject(r, source))
-        for s in series:
-            try:
-                events = self.bank.observe(s)
-            except Exception as exc:
-                log.exception("series %s/%s/%s failed", s.service, s.metric, s.instance)
-                outcome.deadletters.append(
-                    self._reject(Rejected(f"processing failed: {exc!r}", _series_doc(s)), source)
-                )
-                continue
-            outcome.samples += len(s.points)
-            key = analysis_key(s.service, s.metric)
-            outcome.events.extend((key, encode(e)) for e in events)
+        for s in decoded.prepared:
+            self._observe(s, sample_key(s.service, family_of(s.metric)), source, outcome)
+        if decoded.raw:
+            for key, group in self._by_key(decoded.raw).items():
+                try:
+                    prepared = self.bank.prepare(key, group)
+                except Exception as exc:
+                    log.exception("preparing %r failed", key)
+                    doc = [{"labels": dict(s.labels), "samples": s.samples} for s in group]
+                    outcome.deadletters.append(
+                        self._reject(Rejected(f"preparation failed: {exc!r}", doc), source)
+                    )
+                    continue
+                for s in prepared.series:
+                    self._observe(s, key, source, outcome)
         self.processed += outcome.samples
         return outcome
+
+    def _by_key(self, series: list[RawSeries]) -> dict[bytes, list[RawSeries]]:
+        """Raw series by sample key; those without a service (and no default) are counted and dropped."""
+        labels = self.bank.config.labels
+        service_label, default = labels.service, labels.default_service
+        out: dict[bytes, list[RawSeries]] = {}
+        counts = self.bank.counts
+        for s in series:
+            self.raw_samples += len(s.samples) + len(s.histograms)
+            service = default
+            name = ""
+            for k, v in s.labels:
+                if k == service_label and v:
+                    service = v
+                elif k == "__name__":
+                    name = v
+            if service is None:
+                counts[Count.NO_SERVICE] = (
+                    counts.get(Count.NO_SERVICE, 0) + len(s.samples) + len(s.histograms)
+                )
+                continue
+            out.setdefault(sample_key(service, family_of(name)), []).append(s)
+        return out
+
+    def _observe(self, s: Series, key: bytes, source: Source, outcome: Outcome) -> None:
+        try:
+            events = self.bank.observe(s, key)
+        except Exception as exc:
+            log.exception("series %s/%s/%s failed", s.service, s.metric, s.instance)
+            outcome.deadletters.append(
+                self._reject(Rejected(f"processing failed: {exc!r}", _series_doc(s)), source)
+            )
+            return
+        outcome.samples += len(s.points)
+        key = analysis_key(s.service, s.metric)
+        outcome.events.extend((key, encode(e)) for e in events)
 
     def _reject(self, r: Rejected, source: Source) -> bytes:
         self.deadlettered += 1

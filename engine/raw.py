@@ -1,7 +1,7 @@
 """Series as a remote-write sender (or a PromQL query) hands them over, before preparation.
 
 This is the neutral shape between the protocol decoders in ``connectors/`` and the series preparation in
-``engine/prepare.py``: no protobuf types cross this line.
+:mod:`engine.preparation`: no protobuf types cross this line.
 """
 
 from __future__ import annotations

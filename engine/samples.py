@@ -48,7 +48,9 @@ import orjson
 
 from engine.errors import BadRecord
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
+#: versions a worker reads
+READ_VERSIONS = (1, 2)
 RAW_KIND = "raw"
 PREPARED_KIND = "prepared"
 #: Suffixes that :func:`family_of` strips: the series of one histogram, summary or counter share a family.
@@ -56,6 +58,7 @@ FAMILY_SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
 MAX_NAME_LENGTH = 4096
 
 Point = tuple[int, float | None]
+_PREPARED_FIELDS = frozenset({"service", "metric", "instance", "points"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +159,11 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 
 def encode_batch(series: Iterable[Series]) -> bytes:
-    """Encode series as one ``vigil.samples`` message value."""
+    """Encode prepared series as one ``vigil.samples`` message value (version 2, ``"kind": "prepared"``)."""
     return orjson.dumps(
         {
             "v": WIRE_VERSION,
+            "kind": PREPARED_KIND,
             "series": [
                 {"service": s.service, "metric": s.metric, "instance": s.instance, "points": s.points}
                 for s in series
@@ -171,11 +175,22 @@ def encode_batch(series: Iterable[Series]) -> bytes:
 def decode_batch(
     raw: bytes | None, *, now_ms: int, max_future_ms: int
 ) -> tuple[list[Series], list[Rejected]]:
-    """Decode and check one message value.
+    """Decode and check one message value of prepared series (version 1, or version 2 ``prepared``).
 
     Raises :class:`BadRecord` when the whole record is unusable (not JSON, wrong shape, wrong version).
     Series or points that break a rule are returned as :class:`Rejected`; the rest is kept, so one bad
-    point never costs the good ones beside it.
+    point never costs the good ones beside it. (:func:`engine.records.decode_record` reads raw series too.)
+    """
+    doc = load_record(raw)
+    if doc.get("v") == 2 and doc.get("kind") != PREPARED_KIND:
+        raise BadRecord(f"expected a record of prepared series, got kind {doc.get('kind')!r}")
+    return decode_prepared(doc["series"], now_ms=now_ms, max_future_ms=max_future_ms)
+
+
+def load_record(raw: bytes | None) -> dict[str, Any]:
+    """Parse one message value and check its envelope: a JSON object of a known version with a series list.
+
+    Raises :class:`BadRecord` with the reason when it is not one.
     """
     if raw is None:
         raise BadRecord("empty record (no value)")
@@ -185,11 +200,25 @@ def decode_batch(
         raise BadRecord(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRecord(f"expected a JSON object, got {type(doc).__name__}")
-    if doc.get("v") != WIRE_VERSION:
-        raise BadRecord(f"unsupported wire version {doc.get('v')!r}, expected {WIRE_VERSION}")
-    items = doc.get("series")
-    if not isinstance(items, list):
+    version = doc.get("v")
+    if type(version) is not int or version not in READ_VERSIONS:
+        raise BadRecord(f"unsupported wire version {version!r}, expected one of {READ_VERSIONS}")
+    if version == 1 and "kind" in doc:
+        raise BadRecord("a version 1 record has no 'kind'")
+    if version == 2 and doc.get("kind") not in (RAW_KIND, PREPARED_KIND):
+        raise BadRecord(f"'kind' must be {RAW_KIND!r} or {PREPARED_KIND!r}, got {doc.get('kind')!r:.80}")
+    extra = doc.keys() - {"v", "kind", "series"}
+    if extra:
+        raise BadRecord(f"unknown record fields {sorted(extra)!r:.200}")
+    if not isinstance(doc.get("series"), list):
         raise BadRecord("'series' must be a list")
+    return doc
+
+
+def decode_prepared(
+    items: list[Any], *, now_ms: int, max_future_ms: int
+) -> tuple[list[Series], list[Rejected]]:
+    """The prepared series of a record's ``series`` list, and what was refused of them."""
     kept: list[Series] = []
     rejected: list[Rejected] = []
     limit = now_ms + max_future_ms
@@ -209,6 +238,9 @@ def decode_batch(
 def _decode_series(item: Any, limit_ms: int) -> tuple[Series, list[tuple[str, Any]]]:
     if not isinstance(item, dict):
         raise BadRecord(f"series must be an object, got {type(item).__name__}")
+    extra = item.keys() - _PREPARED_FIELDS
+    if extra:
+        raise BadRecord(f"unknown series fields {sorted(extra)!r:.200}")
     names = []
     for field in ("service", "metric", "instance"):
         value = item.get(field)

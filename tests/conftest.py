@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from connectors.broker import EmbeddedBroker
-from connectors.kafka import ensure_topics, topic_names
+from connectors.kafka import compacted_topics, ensure_topics, topic_names
 from engine.config import VigilConfig, load_config
 from tests.kafka.node import KafkaNode
 from vigil.runtime import child_env
@@ -84,7 +84,15 @@ def isolated_config(broker: Broker, *, replication: int = 1, **detection: Any) -
     )
     det = base.detection.model_copy(update=detection)
     config = base.model_copy(update={"kafka": kafka, "detection": det})
-    asyncio.run(ensure_topics(kafka.bootstrap_servers, topic_names(kafka), kafka.partitions, replication))
+    asyncio.run(
+        ensure_topics(
+            kafka.bootstrap_servers,
+            topic_names(kafka),
+            kafka.partitions,
+            replication,
+            compacted=compacted_topics(kafka),
+        )
+    )
     return config
 
 

@@ -1,9 +1,10 @@
 """``vigil demo``: synthetic services with injected incidents, streamed through the real pipeline.
 
 An embedded broker and a real worker process run as in ``vigil run``. This process plays Prometheus and the
-receiver: at 20 simulated minutes per second it scrapes synthetic instances of three services — request
-counters by status code, a latency histogram, a memory gauge — prepares them exactly as the receiver does
-(counters to rates, histogram buckets to p50/p90/p99) and produces them; it shows the verdicts as they arrive.
+ingest: at 20 simulated minutes per second it scrapes synthetic instances of three services — request
+counters by status code, a latency histogram, a memory gauge — and produces them as raw series (wire format
+v2, keyed by service and metric family), as ingest does; the worker prepares them (counters to rates,
+histogram buckets to p50/p90/p99) and detects. It shows the verdicts as they arrive.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from rich.table import Table
 
 from connectors.kafka import follow, start_producer
 from engine.config import VigilConfig
-from engine.prepare import Preparer
-from engine.raw import RawSeries, WriteRequest
-from engine.samples import Series, encode_batch, partition_for
+from engine.raw import RawSeries
+from engine.records import encode_raw
+from engine.samples import family_of, partition_for, sample_key
 from vigil.runtime import kafka_for, signals_raise, spawn, stop_all
 
 STEP_MS = 60_000  # one simulated minute per step
@@ -197,7 +198,6 @@ def summary(board: Scoreboard, start_ms: int, steps_sent: int) -> list[str]:
 async def _stream(config: VigilConfig, seconds: float, board: Scoreboard, console: Console) -> int:
     kafka = config.kafka
     rng = random.Random(7)
-    preparer = Preparer(config.labels, config.receiver.quantiles)
     instances = [Instance(svc, f"{svc.name}-{i}") for svc in SERVICES for i in INSTANCES]
     producer = await start_producer(kafka)
     start_ms = (int(time.time() * 1000) // STEP_MS - 2 * DAY_STEPS) * STEP_MS
@@ -213,16 +213,21 @@ async def _stream(config: VigilConfig, seconds: float, board: Scoreboard, consol
         with Live(board.table(0, seconds), console=console, refresh_per_second=4) as live:
             while (elapsed := time.monotonic() - started) < seconds:
                 due = int(elapsed * STEPS_PER_SECOND)
-                batches: dict[int, list[Series]] = {}
+                batches: dict[bytes, list[RawSeries]] = {}
                 while step <= due:
                     ts = start_ms + step * STEP_MS
-                    raw = [r for instance in instances for r in instance.scrape(step, ts, rng)]
-                    for prepared in preparer.prepare(WriteRequest(series=raw)).series:
-                        batches.setdefault(partition_for(prepared.key, kafka.partitions), []).append(prepared)
+                    for instance in instances:
+                        for r in instance.scrape(step, ts, rng):
+                            batches.setdefault(
+                                sample_key(instance.service.name, family_of(r.name)), []
+                            ).append(r)
                     step += 1
-                for partition, group in batches.items():
-                    await producer.send(kafka.topics.samples, encode_batch(group), partition=partition)
-                    board.sent += sum(len(g.points) for g in group)
+                for key, group in batches.items():  # one message per sample key, keyed by it
+                    value = encode_raw(group)
+                    await producer.send(
+                        kafka.topics.samples, value, key=key, partition=partition_for(key, kafka.partitions)
+                    )
+                    board.sent += sum(len(g.samples) for g in group)
                 live.update(board.table(elapsed, seconds))
                 await asyncio.sleep(0.05)
             await producer.flush()

@@ -22,7 +22,7 @@ from types import FrameType
 import orjson
 
 from connectors.broker import EmbeddedBroker, die_with_parent
-from connectors.kafka import topic_names
+from connectors.kafka import compacted_topics, topic_names
 from engine.config import VigilConfig
 from engine.errors import VigilError
 
@@ -159,7 +159,9 @@ def embedded_kafka(config: VigilConfig) -> Iterator[tuple[VigilConfig, EmbeddedB
     if not config.kafka.embedded:
         yield config, None
         return
-    broker = EmbeddedBroker(topic_names(config.kafka), config.kafka.partitions)
+    broker = EmbeddedBroker(
+        topic_names(config.kafka), config.kafka.partitions, compacted=compacted_topics(config.kafka)
+    )
     broker.start()
     try:
         path = state_file()

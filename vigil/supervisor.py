@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.kafka import ensure_topics, topic_names
+from connectors.kafka import compacted_topics, ensure_topics, topic_names
 from engine.config import VigilConfig
 from vigil.runtime import embedded_kafka, signals_raise, spawn, stop_all
 
@@ -79,7 +79,13 @@ def supervise(config_path: Path | None, config: VigilConfig, names: list[str]) -
             if broker is None:
                 k = live.kafka
                 asyncio.run(
-                    ensure_topics(k.bootstrap_servers, topic_names(k), k.partitions, k.replication_factor)
+                    ensure_topics(
+                        k.bootstrap_servers,
+                        topic_names(k),
+                        k.partitions,
+                        k.replication_factor,
+                        compacted_topics(k),
+                    )
                 )
             for part in parts:
                 part.process, part.started = spawn(part.name, config_path, live), time.monotonic()

@@ -34,10 +34,9 @@ import logging
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
-from connectors.kafka import ensure_topics, start_producer, topic_names
+from connectors.kafka import compacted_topics, ensure_topics, start_producer, topic_names
 from connectors.receiver.records import Message
 from connectors.receiver.stats import Stats
 from engine.config import KafkaConfig
@@ -57,22 +56,6 @@ STOP_TIMEOUT_S: Final = 3.0
 _METADATA_CACHE_SIZE: Final = 100_000
 
 
-async def ensure_compacted(bootstrap_servers: str, name: str, partitions: int, replication: int) -> None:
-    """Create topic ``name`` with ``cleanup.policy=compact`` unless it exists (then it is left as it is)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        if name in set(await admin.list_topics()):
-            return
-        topic = NewTopic(name, partitions, replication, topic_configs={"cleanup.policy": "compact"})
-        response = await admin.create_topics([topic])
-        for topic_name, code, message in response.topic_errors:
-            if code not in (0, TopicAlreadyExistsError.errno):
-                raise BrokerUnavailable(f"cannot create topic {topic_name}: error {code} {message}")
-    finally:
-        await admin.close()
-
-
 class Kafka:
     """The receiver's producer, once connected. :meth:`connect` retries until Kafka answers."""
 
@@ -88,11 +71,12 @@ class Kafka:
     async def connect(cls, config: KafkaConfig, stats: Stats) -> Kafka:
         """Create the topics that are missing and start the producer; :class:`BrokerUnavailable` (or a
         :class:`KafkaError`, :class:`OSError`) while Kafka does not answer."""
-        await ensure_compacted(
-            config.bootstrap_servers, config.topics.metadata, config.partitions, config.replication_factor
-        )
         await ensure_topics(
-            config.bootstrap_servers, topic_names(config), config.partitions, config.replication_factor
+            config.bootstrap_servers,
+            topic_names(config),
+            config.partitions,
+            config.replication_factor,
+            compacted_topics(config),
         )
         options = PRODUCER_OPTIONS | {"request_timeout_ms": producer_request_timeout_ms(config)}
         producer = await start_producer(config, **options)

@@ -30,9 +30,9 @@ from typing import Any, Final
 import orjson
 
 from engine.config import LabelsConfig
+from engine.preparation.names import is_stale_nan
 from engine.raw import Labels, MetricKind, NativeHistogram, RawSeries, WriteRequest
 from engine.samples import encode_raw_batch, family_of, partition_for, sample_key
-from engine.series_names import is_stale_nan
 
 #: Largest ``vigil.samples`` message value: below Kafka's default ``message.max.bytes`` (1 MB).
 MAX_MESSAGE_BYTES: Final = 900 * 1024

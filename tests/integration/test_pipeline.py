@@ -17,7 +17,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from connectors.broker import EmbeddedBroker
-from engine.bank import load_checkpoint
+from engine.bank import ModelBank
+from engine.config import VigilConfig
 from engine.samples import analysis_key, partition_for
 from tests.conftest import Broker, Worker, config_env, isolated_config, read_topic
 
@@ -202,9 +203,7 @@ def test_a_restarted_worker_gets_every_model_back(
     # that cannot alarm after the restart lost its state in recovery.
     _send(broker.bootstrap_servers, topic, records(0, 40, lambda i: 100 + rng.gauss(0, 1)))
     _send(broker.bootstrap_servers, topic, records(40, 40, lambda i: 100 + rng.gauss(0, 1)))
-    learned = asyncio.run(
-        _checkpointed(broker.bootstrap_servers, changelog, len(keys), at_least=80, timeout=90)
-    )
+    learned = asyncio.run(_checkpointed(config, changelog, len(keys), at_least=80, timeout=90))
     assert len(learned) == len(keys), learned
     assert first.stop() == 0
 
@@ -256,14 +255,14 @@ async def _consuming_all(bootstrap: str, topics: Any, partitions: int, *, timeou
 
 
 async def _checkpointed(
-    bootstrap: str, topic: str, keys: int, *, at_least: int, timeout: float
+    config: VigilConfig, topic: str, keys: int, *, at_least: int, timeout: float
 ) -> dict[bytes, int]:
     """Read model checkpoints from the changelog until ``keys`` keys have learned ``at_least`` samples."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=config.kafka.bootstrap_servers,
         group_id=None,
         auto_offset_reset="earliest",
         metadata_max_age_ms=500,
@@ -275,7 +274,7 @@ async def _checkpointed(
         while sum(n >= at_least for n in learned.values()) < keys and time.monotonic() < deadline:
             for messages in (await consumer.getmany(timeout_ms=200)).values():
                 for m in messages:
-                    guards = load_checkpoint(m.value)
+                    guards = ModelBank(config, load=lambda key, v=m.value: v).unit(m.key).guards
                     learned[m.key] = max(learned.get(m.key, 0), *(g.detector.n for g in guards.values()))
     finally:
         await consumer.stop()

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import engine.histograms
-import engine.series_names
+import engine.preparation.names
+import engine.preparation.quantiles
 from engine.config import LabelsConfig
-from engine.prepare import Count, Prepared, Preparer
+from engine.preparation import Count, Prepared, Preparer
 from engine.raw import Labels, MetricKind, NativeHistogram, RawSeries, WriteRequest
 from engine.samples import Point
 
@@ -63,7 +63,9 @@ def approx_points(points: list[Point]) -> list[tuple[int, object]]:
     return [(ts, None if v is None else pytest.approx(v)) for ts, v in points]
 
 
-@pytest.mark.parametrize("module", [engine.histograms, engine.series_names], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [engine.preparation.quantiles, engine.preparation.names], ids=lambda m: m.__name__
+)
 def test_doctests(module: ModuleType) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
@@ -159,14 +161,31 @@ def test_stale_marker_ends_a_counter_and_forgets_its_state() -> None:
 BOUNDS = ("0.1", "0.5", "1", "+Inf")
 
 
-def buckets(ts: int, counts: Sequence[float], name: str = "rpc_seconds", **extra: str) -> list[RawSeries]:
-    return [raw(f"{name}_bucket", [(ts, c)], le=le, **extra) for le, c in zip(BOUNDS, counts, strict=True)]
+def buckets(
+    ts: int, counts: Sequence[float], name: str = "rpc_seconds", *, count: bool = True, **extra: str
+) -> list[RawSeries]:
+    """A classic histogram's buckets at ``ts``, then (unless ``count`` is false) its _count and _sum."""
+    out = [raw(f"{name}_bucket", [(ts, c)], le=le, **extra) for le, c in zip(BOUNDS, counts, strict=True)]
+    if count:
+        out.append(raw(f"{name}_count", [(ts, counts[-1])], **extra))
+        out.append(raw(f"{name}_sum", [(ts, counts[-1] * 0.25)], **extra))
+    return out
+
+
+def quantiles(prepared: Prepared) -> dict[str, list[Point]]:
+    """The quantile series of ``prepared`` (not the _count's rate)."""
+    return {metric: points for metric, points in by_metric(prepared).items() if ":p" in metric}
+
+
+def quantile_counts(prepared: Prepared) -> dict[str, int]:
+    """The counts of ``prepared`` but the first samples of _sum and _count, which always have their own."""
+    return {k: n for k, n in prepared.counts.items() if k != Count.FIRST_SAMPLE}
 
 
 def test_classic_histogram_quantiles_from_bucket_increments() -> None:
     p = preparer()
     assert run(p, *buckets(T0, [5, 10, 20, 30])).series == []
-    got = by_metric(run(p, *buckets(T0 + S, [7, 16, 29, 40])))
+    got = quantiles(run(p, *buckets(T0 + S, [7, 16, 29, 40])))
     # increments 2, 6, 9, 10: p50 → rank 5 in (0.1, 0.5] → 0.1 + 0.4 * 3/4; p90 → rank 9 = top of (0.5, 1];
     # p99 → rank 9.9 lies in +Inf → the highest finite bound
     assert got == {
@@ -179,7 +198,7 @@ def test_classic_histogram_quantiles_from_bucket_increments() -> None:
 def test_histogram_quantiles_keep_labels_except_le() -> None:
     p = preparer()
     run(p, *buckets(T0, [0, 0, 0, 0], method="GET"))
-    got = by_metric(run(p, *buckets(T0 + S, [1, 1, 1, 1], method="GET")))
+    got = quantiles(run(p, *buckets(T0 + S, [1, 1, 1, 1], method="GET")))
     assert set(got) == {
         'rpc_seconds:p50{method="GET"}',
         'rpc_seconds:p90{method="GET"}',
@@ -196,42 +215,51 @@ def test_histogram_split_across_requests_is_computed_once_complete() -> None:
     assert got["rpc_seconds:p50"] == approx_points([(T0 + S, 0.4)])
 
 
-def test_histogram_buckets_from_two_shards_with_several_timestamps() -> None:
+def test_histogram_buckets_from_two_shards_are_computed_once_all_are_there() -> None:
     p = preparer()
-    low = [raw("rpc_seconds_bucket", [(T0, 5), (T0 + S, 7), (T0 + 2 * S, 7)], le=le) for le in ("0.1", "0.5")]
-    high = [
-        raw("rpc_seconds_bucket", [(T0, 30), (T0 + S, 40), (T0 + 2 * S, 40)], le=le) for le in ("1", "+Inf")
-    ]
-    assert run(p, *low).series == []
-    got = run(p, *high)
-    # T0 is the baseline; T0+S: increments 2, 2, 10, 10 → p50 rank 5 in (0.5, 1]; T0+2S: no traffic
-    assert by_metric(got)["rpc_seconds:p50"] == approx_points([(T0 + S, 0.5 + 0.5 * 3 / 8)])
-    assert got.counts == {Count.NO_TRAFFIC: 1}
+    for step, (low, high) in enumerate([([5, 10], [20, 30]), ([7, 16], [29, 40]), ([7, 16], [29, 40])]):
+        ts = T0 + step * S
+        first = run(
+            p, *[raw("rpc_seconds_bucket", [(ts, c)], le=le) for le, c in zip(BOUNDS[:2], low, strict=True)]
+        )
+        assert first.series == []  # no +Inf, no _count yet: waits
+        rest = [raw("rpc_seconds_bucket", [(ts, c)], le=le) for le, c in zip(BOUNDS[2:], high, strict=True)]
+        got = run(p, *rest, raw("rpc_seconds_count", [(ts, high[-1])]), raw("rpc_seconds_sum", [(ts, 1.0)]))
+        if step == 1:  # increments 2, 6, 9, 10 (step 0 is the baseline, decided by step 1's buckets)
+            assert quantiles(got)["rpc_seconds:p50"] == approx_points([(ts, 0.4)])
+        if step == 2:
+            assert quantiles(got) == {}
+            assert quantile_counts(got) == {Count.NO_TRAFFIC: 2}  # no quantiles, no mean
+
+
+def test_a_later_timestamp_decides_a_histogram_timestamp_that_misses_buckets() -> None:
+    p = preparer()
+    run(p, *buckets(T0, [5, 10, 20, 30]))
+    run(p, *buckets(T0 + S, [7, 16, 29, 40]))
+    # T0+2S: the 0.5 bucket and the _count are missing; it waits
+    partial = [s for s in buckets(T0 + 2 * S, [8, 17, 30, 41]) if dict(s.labels).get("le") != "0.5"]
+    waiting = run(p, *[s for s in partial if not s.name.endswith("_count")])
+    assert quantiles(waiting) == {}
+    assert quantile_counts(waiting) == {}
+    # a later timestamp of the histogram (here only its _count) decides it: a bucket of the previous
+    # timestamp is missing, so it is dropped and counted, and the histogram carries on without that bucket
+    later = run(p, raw("rpc_seconds_count", [(T0 + 3 * S, 42)]))
+    assert quantiles(later) == {}
+    assert quantile_counts(later) == {Count.INCOMPLETE_GROUP: 2}  # the quantiles and the mean (no _count)
+    assert run(p, raw("rpc_seconds_bucket", [(T0 + 2 * S, 17)], le="0.5")).counts == {Count.LATE: 1}
+    got = run(p, *[s for s in buckets(T0 + 3 * S, [9, 18, 31, 42]) if not s.name.endswith("_count")])
+    # over the buckets it has in common with T0+2S: increments 1, 1, 1 → p50 in (0, 0.1]
+    assert quantiles(got)["rpc_seconds:p50"] == approx_points([(T0 + 3 * S, 0.05)])
 
 
 def test_buckets_that_never_share_a_timestamp_are_given_up_and_counted() -> None:
-    # each bucket 7 ms after the previous one, 10 samples a request: more than 8 timestamps wait, so the
-    # oldest are given up; the +Inf-only ones still tell resets and quiet intervals of the +Inf bucket
+    # each bucket 7 ms after the previous one: every timestamp lacks +Inf or the buckets before it, and
+    # the next one decides it
     p = preparer()
-    counts = []
-    for step in range(3):
-        start = T0 + step * 10_000
-        request = [
-            raw(
-                "rpc_seconds_bucket",
-                [(start + j * 7 + k * 1000, (step + k % 3) * (j + 1.0)) for k in range(10)],
-                le=le,
-            )
-            for j, le in enumerate(BOUNDS)
-        ]
-        got = run(p, *request)
-        assert got.series == []
-        counts.append(got.counts)
-    assert counts == [
-        {Count.INCOMPLETE_GROUP: 28, Count.COUNTER_RESET: 2, Count.NO_TRAFFIC: 2},
-        {Count.INCOMPLETE_GROUP: 30, Count.COUNTER_RESET: 3, Count.NO_TRAFFIC: 1},
-        {Count.INCOMPLETE_GROUP: 30, Count.COUNTER_RESET: 3},
-    ]
+    request = [raw("rpc_seconds_bucket", [(T0 + j * 7, j + 1.0)], le=le) for j, le in enumerate(BOUNDS)]
+    got = run(p, *request)
+    assert got.series == []
+    assert got.counts == {Count.INCOMPLETE_GROUP: 3}  # the last one still waits
 
 
 def _histograms_waiting_at_once(methods: Sequence[str]) -> list[WriteRequest]:
@@ -240,8 +268,8 @@ def _histograms_waiting_at_once(methods: Sequence[str]) -> list[WriteRequest]:
     for step in range(3):
         ts = T0 + step * S
         split = [buckets(ts, [1 + step, 2 + 3 * step, 3 + 5 * step, 4 + 7 * step], method=m) for m in methods]
-        requests.append(WriteRequest([s for histogram in split for s in histogram[:-1]]))
-        requests.append(WriteRequest([histogram[-1] for histogram in split]))
+        requests.append(WriteRequest([s for histogram in split for s in histogram[:3]]))
+        requests.append(WriteRequest([s for histogram in split for s in histogram[3:]]))
     return requests
 
 
@@ -259,8 +287,8 @@ def test_histogram_without_traffic_gives_nothing() -> None:
     p = preparer()
     run(p, *buckets(T0, [5, 10, 20, 30]))
     got = run(p, *buckets(T0 + S, [5, 10, 20, 30]))
-    assert got.series == []
-    assert got.counts == {Count.NO_TRAFFIC: 1}
+    assert quantiles(got) == {}
+    assert got.counts == {Count.NO_TRAFFIC: 2}  # no quantiles, no mean
 
 
 def test_histogram_with_only_the_inf_bucket_gives_no_quantile() -> None:
@@ -274,16 +302,16 @@ def test_histogram_reset_uses_the_new_counts() -> None:
     run(p, *buckets(T0, [50, 100, 200, 300]))
     got = run(p, *buckets(T0 + S, [2, 8, 9, 10]))
     assert by_metric(got)["rpc_seconds:p50"] == approx_points([(T0 + S, 0.1 + 0.4 * 3 / 6)])
-    assert got.counts == {Count.COUNTER_RESET: 1}
+    assert got.counts == {Count.COUNTER_RESET: 3}  # the buckets, the _count and the _sum
 
 
 def test_histogram_timestamp_a_bucket_skipped_is_dropped() -> None:
     p = preparer()
     run(p, *buckets(T0, [5, 10, 20, 30]))
-    partial = [s for s in buckets(T0 + S, [7, 16, 29, 40]) if dict(s.labels)["le"] != "1"]
+    partial = [s for s in buckets(T0 + S, [7, 16, 29, 40]) if dict(s.labels).get("le") != "1"]
     skipper = raw("rpc_seconds_bucket", [(T0 + 2 * S, 30)], le="1")  # sent T0+2S but never T0+S
     got = run(p, *partial, skipper)
-    assert got.series == []
+    assert quantiles(got) == {}
     assert got.counts == {Count.INCOMPLETE_GROUP: 1}
     late = run(p, raw("rpc_seconds_bucket", [(T0 + S, 29)], le="0.5", instance="a:1"))
     assert late.counts == {Count.DUPLICATE: 1}
@@ -306,15 +334,17 @@ def test_histogram_stale_markers_end_the_quantile_series() -> None:
     p = preparer()
     run(p, *buckets(T0, [5, 10, 20, 30]))
     run(p, *buckets(T0 + S, [7, 16, 29, 40]))
-    got = by_metric(run(p, *buckets(T0 + 2 * S, [STALE] * 4)))
+    got = quantiles(run(p, *buckets(T0 + 2 * S, [STALE] * 4)))
     assert got == {f"rpc_seconds:{q}": [(T0 + 2 * S, None)] for q in ("p50", "p90", "p99")}
 
 
 def test_gauge_histogram_uses_absolute_counts() -> None:
     p = preparer()
     meta = {"queue_wait_seconds": MetricKind.GAUGE_HISTOGRAM}
-    got = by_metric(run(p, *buckets(T0, [2, 6, 9, 10], name="queue_wait_seconds"), metadata=meta))
-    assert got["queue_wait_seconds:p50"] == approx_points([(T0, 0.4)])
+    first = run(p, *buckets(T0, [2, 6, 9, 10], name="queue_wait_seconds", count=False), metadata=meta)
+    assert first.series == []  # the first timestamp is decided by the next: which buckets exist?
+    got = by_metric(run(p, *buckets(T0 + S, [1, 1, 1, 2], name="queue_wait_seconds", count=False)))
+    assert got["queue_wait_seconds:p50"] == approx_points([(T0, 0.4), (T0 + S, 0.1)])
 
 
 # --- native histograms ---
@@ -417,7 +447,7 @@ def test_classic_and_native_versions_of_one_histogram_do_not_duplicate_points() 
     p50 = [s for s in got.series if s.metric == "rpc_duration_seconds:p50"]
     assert len(p50) == 1
     assert len(p50[0].points) == 1
-    assert got.counts[Count.COLLISION] == 3
+    assert got.counts[Count.COLLISION] == 4  # 3 quantiles and the mean
 
 
 # --- summaries ---
@@ -547,8 +577,8 @@ def test_forgotten_histogram_frees_its_group_and_outputs() -> None:
     for i in range(1, 8):
         run(p, raw("up", [(T0 + i * S, 1.0)]))
     assert p.tracked == 1
-    assert len(p._groups) == 0
-    assert len(p._outputs) == 1
+    assert p.held["groups"] == 0
+    assert p.held["outputs"] == 1
 
 
 # --- invariants ---

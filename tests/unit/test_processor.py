@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
-
 import orjson
 import pytest
 
-from engine.bank import CheckpointRefused, ModelBank, dump_checkpoint, load_checkpoint
+from engine.bank import ModelBank
 from engine.config import load_config
 from engine.processor import Processor, Source
-from engine.samples import Series, analysis_key, encode_batch
+from engine.samples import Series, analysis_key, encode_batch, family_of, sample_key
 
 NOW = 1_700_000_000_000
 SRC = Source("vigil.samples", 3, 42)
@@ -62,10 +60,10 @@ def test_a_failing_model_costs_one_series_not_the_record(monkeypatch: pytest.Mon
     bank = ModelBank(load_config(None))
     real = bank.observe
 
-    def flaky(series: Series) -> list[dict[str, object]]:
+    def flaky(series: Series, key: bytes | None = None) -> list[dict[str, object]]:
         if series.instance == "boom":
             raise ZeroDivisionError("model bug")
-        return real(series)
+        return real(series, key)
 
     monkeypatch.setattr(bank, "observe", flaky)
     raw = encode_batch([Series("s", "m", "boom", [(NOW, 1.0)]), Series("s", "m", "fine", [(NOW, 1.0)])])
@@ -76,55 +74,27 @@ def test_a_failing_model_costs_one_series_not_the_record(monkeypatch: pytest.Mon
     assert dead["payload"]["instance"] == "boom"
 
 
+def key_of(service: str, metric: str) -> bytes:
+    return sample_key(service, family_of(metric))
+
+
 def test_checkpoints_restore_models_lazily() -> None:
     config = load_config(None)
     bank = ModelBank(config)
     processor(bank).handle(incident_batch(n=40), SRC, now_ms=NOW)
     saved = dict(bank.checkpoints(lambda key: True))
-    assert list(saved) == [analysis_key("checkout", "http_errors_total:rate")]
+    key = key_of("checkout", "http_errors_total:rate")
+    assert list(saved) == [key] == [b"checkout\x1fhttp_errors"]
     assert dict(bank.checkpoints(lambda key: True)) == {}  # nothing changed since
 
     restored = ModelBank(config, load=saved.get)
     restored.observe(Series("checkout", "http_errors_total:rate", "pod-a", [(NOW, 100.0)]))
-    key = analysis_key("checkout", "http_errors_total:rate")
-    assert restored.models[key]["pod-a"].detector.n == 41
-
-
-def test_a_checkpoint_of_another_river_version_is_refused_and_the_key_starts_fresh(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    config = load_config(None)
-    bank = ModelBank(config)
-    bank.observe(Series("s", "m", "i", [(NOW, 1.0)]))
-    monkeypatch.setattr("engine.bank.RIVER_VERSION", "0.1.0")
-    [(key, forged)] = bank.checkpoints(lambda k: True)
-    monkeypatch.undo()
-    with pytest.raises(CheckpointRefused, match="River"):
-        load_checkpoint(forged)
-    fresh = ModelBank(config, load=lambda k: forged)
-    fresh.observe(Series("s", "m", "i", [(NOW, 1.0)]))
-    assert fresh.refused_checkpoints == 1
-    assert fresh.models[key]["i"].detector.n == 1
-
-
-@pytest.mark.parametrize("blob", [b"", b"garbage", b"VGLCKPT\x00\x00\x00\x02{}", b"VGLCKPT" + b"\xff" * 20])
-def test_corrupt_checkpoints_are_refused(blob: bytes) -> None:
-    bank = ModelBank(load_config(None), load=lambda k: blob)
-    bank.observe(Series("s", "m", "i", [(NOW, 1.0)]))
-    assert bank.models[analysis_key("s", "m")]["i"].detector.n == 1
-
-
-def test_checkpoint_round_trip() -> None:
-    bank = ModelBank(load_config(None))
-    bank.observe(Series("s", "m", "i", [(NOW + i, float(i)) for i in range(10)]))
-    guards = bank.models[analysis_key("s", "m")]
-    again = load_checkpoint(dump_checkpoint(guards))
-    assert pickle.dumps(again) == pickle.dumps(guards)
+    assert restored.units[key].guards[("http_errors_total:rate", "pod-a")].detector.n == 41
 
 
 def test_forget_drops_keys_that_moved_away() -> None:
     bank = ModelBank(load_config(None))
     bank.observe(Series("s", "a", "i", [(NOW, 1.0)]))
     bank.observe(Series("s", "b", "i", [(NOW, 1.0)]))
-    bank.forget(lambda key: key == analysis_key("s", "a"))
-    assert list(bank.models) == [analysis_key("s", "a")]
+    bank.forget(lambda key: key == key_of("s", "a"))
+    assert list(bank.units) == [key_of("s", "a")]

@@ -1,6 +1,6 @@
 """How a raw series is read and what its prepared series are called.
 
-Pure helpers of :mod:`engine.prepare`: the role a series plays (from its name, labels and metadata), the
+Pure helpers of :mod:`engine.preparation`: the role a series plays (from its name, labels and metadata), the
 canonical selector and quantile suffix of derived names, and the sample and label values with a meaning of
 their own (stale markers, numeric ``le`` / ``quantile`` labels).
 """

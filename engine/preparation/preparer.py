@@ -1,8 +1,9 @@
 """Series preparation: raw remote-write series in, the series Vigil's detectors learn from out.
 
-One :class:`Preparer` lives in each receiver process (and later the PromQL poller). It is stateful across
-requests — rates and histogram increments need the previous sample — and memory-bounded. Pure Python: no
-I/O, no clock (time is the newest sample timestamp seen).
+A :class:`Preparer` keeps the state of the raw series it has seen (in the worker: one per sample key,
+see :mod:`engine.bank`). It is stateful across requests — rates and histogram increments need the
+previous sample — and memory-bounded. Pure Python: no I/O, no clock (time is the newest sample timestamp
+seen).
 
 **Analysis key and instance.** The service is the value of the configured service label (``job`` by
 default), the instance the value of the instance label (``instance``; ``""`` when absent). A series without
@@ -52,11 +53,12 @@ points of one prepared series are strictly increasing in time, also across reque
 derive the same prepared series, e.g. a classic and a native version of one histogram, the first point
 for a timestamp wins and the other is counted as ``collision``).
 
-**Split histograms.** Prometheus shards series and sends 500 per request, so the buckets of one classic
-histogram at one timestamp may arrive in several requests. They are collected per (histogram, timestamp)
-and computed once every known bucket is there; a timestamp that some bucket skipped (that bucket already
-sent a newer one), or that waited more than a minute of sample time, is computed if it still covers the
-buckets of the previous timestamp, else dropped (``incomplete_group``).
+**Split histograms.** Prometheus shards series and sends 500 per request, and ingest replicas split them
+further, so the buckets of one classic histogram at one timestamp may arrive in several records. They are
+collected per (histogram, timestamp) and computed when ``+Inf``, ``_count`` and every bucket seen at the
+previous timestamp are there, or when a later timestamp of the histogram arrives (any bucket, ``_sum`` or
+``_count``); then a timestamp missing a bucket of the previous one is dropped (``incomplete_group``) and
+the histogram carries on from the buckets it had (see :mod:`engine.preparation.groups`).
 
 **Memory.** At most ``max_series`` raw series are tracked (more are refused: ``series_limit``), and a series
 that has not been seen for ``forget_after_ms`` of sample time is forgotten.
@@ -64,24 +66,26 @@ that has not been seen for ``forget_after_ms`` of sample time is forgotten.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from engine.config import LabelsConfig
-from engine.prepare_counts import Count
+from engine.preparation import state
+from engine.preparation.context import NEVER, Context
+from engine.preparation.counters import CounterTrack
+from engine.preparation.counts import Count
+from engine.preparation.groups import Group
+from engine.preparation.histograms import BucketTrack, MeanGroup, QuantileGroup
+from engine.preparation.names import Role, format_selector, parse_float, quantile_suffix, role_of
+from engine.preparation.tracks import DropTrack, GaugeTrack, Track
+from engine.preparation.types import FamilyTypes
 from engine.raw import Labels, MetricKind, RawSeries, WriteRequest
-from engine.samples import Point, Series
-from engine.series_groups import Group, MeanGroup, QuantileGroup
-from engine.series_names import Role, format_selector, is_stale_nan, parse_float, quantile_suffix, role_of
-from engine.series_state import NEVER, BucketTrack, CounterTrack, DropTrack, GaugeTrack, Output, Track
+from engine.samples import Series
 
-# Count and format_selector live next to the state and names they belong to; callers import them from here.
-__all__ = ["Count", "Prepared", "Preparer", "format_selector"]
+__all__ = ["Prepared", "Preparer"]
 
 _IDLE_TICKS: Final = 4  # a series untouched for this many ticks (forget_after_ms / 4 each) is forgotten
-_MAX_FAMILIES: Final = 100_000  # remembered metadata entries
-_FAMILY_SUFFIXES: Final = ("_total", "_bucket", "_count", "_sum", "_created", "_gcount", "_gsum", "_info")
 
 
 @dataclass(slots=True)
@@ -96,13 +100,11 @@ class Prepared:
         return sum(len(s.points) for s in self.series)
 
 
-# --- the preparer ---------------------------------------------------------------------------------------
-
-
 class Preparer:
     """Turns write requests into prepared series; keeps what that needs between requests.
 
-    Not thread-safe: one per receiver (or poller) event loop.
+    Not thread-safe: one per event loop. ``types`` may be shared by many preparers (metadata is per
+    family, not per series); by default each has its own.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class Preparer:
         *,
         max_series: int = 200_000,
         forget_after_ms: int = 15 * 60_000,
+        types: FamilyTypes | None = None,
     ) -> None:
         qs = tuple(sorted(set(quantiles)))
         if not qs or any(not 0 < q < 1 for q in qs):
@@ -121,19 +124,11 @@ class Preparer:
         self._service_label = labels.service
         self._instance_label = labels.instance
         self._default_service = labels.default_service
-        self._quantiles = qs
-        self._suffixes = tuple(quantile_suffix(q) for q in qs)
         self._max_series = max_series
         self._tick_ms = forget_after_ms // _IDLE_TICKS
+        self._ctx = Context(qs, types if types is not None else FamilyTypes())
+        self._types_seen = self._ctx.types.generation
         self._tracks: dict[Labels, Track] = {}
-        self._outputs: dict[tuple[str, str, str], Output] = {}
-        self._groups: dict[tuple[str, ...], Group] = {}
-        self._metadata: dict[str, MetricKind] = {}
-        # groups with timestamps waiting for members, in the order they started waiting: a dict, not a set,
-        # so that they are computed (and their series listed) in the same order on every run
-        self._waiting: dict[Group, None] = {}
-        self._touched: list[Output] = []  # outputs with points in the current request
-        self._counts: dict[str, int] = {}
         self._epoch = 0
         self._clock = NEVER  # newest sample timestamp seen
         self._next_tick = NEVER
@@ -143,13 +138,23 @@ class Preparer:
         """Raw series currently tracked (bounded by ``max_series``)."""
         return len(self._tracks)
 
+    @property
+    def held(self) -> dict[str, int]:
+        """What this preparer holds: raw series, prepared series and groups (for metrics and tests)."""
+        ctx = self._ctx
+        return {"series": len(self._tracks), "outputs": len(ctx.outputs), "groups": len(ctx.groups)}
+
     def prepare(self, request: WriteRequest) -> Prepared:
         """Prepare one request. Never raises for bad data: it is dropped and counted."""
-        for out in self._touched:  # only left over if a previous call raised
+        ctx = self._ctx
+        for out in ctx.touched:  # only left over if a previous call raised
             out.points = None
-        self._touched = []
+        ctx.touched = []
         if request.metadata:
-            self._learn(request.metadata)
+            ctx.types.learn(request.metadata)
+        if ctx.types.generation != self._types_seen:
+            self._types_seen = ctx.types.generation
+            self._retype_all()
         tracks = self._tracks
         epoch = self._epoch
         clock = self._clock
@@ -161,98 +166,24 @@ class Preparer:
                     continue
             track.epoch = epoch
             if s.samples:
-                track.feed(self, s.samples, s.created_ms)
+                track.feed(ctx, s.samples, s.created_ms)
                 if track.last_ts > clock:
                     clock = track.last_ts
             if s.histograms:
-                clock = max(clock, track.feed_histograms(self, s.histograms))
+                clock = max(clock, track.feed_histograms(ctx, s.histograms))
         self._clock = clock
-        if self._waiting:
-            for group in list(self._waiting):
-                group.flush(self)
+        if ctx.waiting:
+            for group in list(ctx.waiting):
+                group.flush(ctx)
         series = []
-        for out in self._touched:
+        for out in ctx.touched:
             assert out.points is not None
             series.append(Series(out.service, out.metric, out.instance, out.points))
             out.points = None
-        self._touched = []
-        counts, self._counts = self._counts, {}
+        ctx.touched = []
+        counts, ctx.counts = ctx.counts, {}
         self._tick()
         return Prepared(series, counts)
-
-    # --- helpers the tracks call ---
-
-    def _count(self, key: Count, n: int = 1) -> None:
-        self._counts[key] = self._counts.get(key, 0) + n
-
-    def _disorder(self, duplicate: bool) -> None:
-        self._count(Count.DUPLICATE if duplicate else Count.OUT_OF_ORDER)
-
-    def _nonfinite(self, value: float) -> bool:
-        """Count a NaN or ±Inf sample; ``True`` when it is a stale marker."""
-        if value != value:
-            if is_stale_nan(value):
-                self._count(Count.STALE)
-                return True
-            self._count(Count.NAN)
-        else:
-            self._count(Count.INF)
-        return False
-
-    def _emit(self, out: Output, new: list[Point]) -> None:
-        """Add points (strictly increasing in time) to a prepared series."""
-        if new[0][0] <= out.last_ts:
-            last = out.last_ts
-            kept = [point for point in new if point[0] > last]
-            self._count(Count.COLLISION, len(new) - len(kept))
-            if not kept:
-                return
-            new = kept
-        out.last_ts = new[-1][0]
-        if out.points is None:
-            out.points = new
-            self._touched.append(out)
-        else:
-            out.points.extend(new)
-
-    def _kind_of(self, name: str) -> MetricKind | None:
-        """The remembered metadata kind of a series name (its family's), ``None`` when unknown."""
-        metadata = self._metadata
-        kind = metadata.get(name)
-        if kind is None:
-            for suffix in _FAMILY_SUFFIXES:
-                if name.endswith(suffix):
-                    kind = metadata.get(name[: -len(suffix)])
-                    break
-        return None if kind is MetricKind.UNKNOWN else kind
-
-    def _acquire(self, service: str, metric: str, instance: str) -> Output:
-        key = (service, metric, instance)
-        out = self._outputs.get(key)
-        if out is None:
-            out = self._outputs[key] = Output(service, metric, instance)
-        out.refs += 1
-        return out
-
-    def _release(self, out: Output) -> None:
-        out.refs -= 1
-        if out.refs <= 0:
-            self._outputs.pop((out.service, out.metric, out.instance), None)
-
-    def _group(self, key: tuple[str, ...], make: Callable[[], Group]) -> Group:
-        group = self._groups.get(key)
-        if group is None:
-            group = self._groups[key] = make()
-        group.refs += 1
-        return group
-
-    def _unref_group(self, group: Group) -> None:
-        group.refs -= 1
-        if group.refs <= 0:
-            self._groups.pop(group.key, None)
-            self._waiting.pop(group, None)
-            for out in group.outs:
-                self._release(out)
 
     # --- identity: parsed once per label set ---
 
@@ -260,7 +191,7 @@ class Preparer:
         if old is not None:  # the series' own kind changed
             return self._retype(s.labels, old, s.kind)
         if len(self._tracks) >= self._max_series:
-            self._count(Count.SERIES_LIMIT, len(s.samples) + len(s.histograms))
+            self._ctx.count(Count.SERIES_LIMIT, len(s.samples) + len(s.histograms))
             return None
         track = self._parse(s.labels, s.kind)
         track.kind_in = s.kind
@@ -271,14 +202,14 @@ class Preparer:
     def _retype(self, labels: Labels, old: Track, series_kind: MetricKind | None) -> Track:
         """Read a tracked series anew; its time order (and native histogram state) carries over."""
         native, old.native = old.native, None
-        old.release(self)
+        old.release(self._ctx)
         track = self._parse(labels, series_kind)
         track.kind_in = series_kind
         track.epoch = old.epoch
         track.last_ts = old.last_ts
         track.native = native
         self._tracks[labels] = track
-        self._count(Count.RETYPED)
+        self._ctx.count(Count.RETYPED)
         return track
 
     def _parse(self, labels: Labels, series_kind: MetricKind | None) -> Track:
@@ -311,7 +242,7 @@ class Preparer:
             service = self._default_service
         kind: MetricKind | None = series_kind if series_kind is not MetricKind.UNKNOWN else None
         if kind is None:
-            kind = self._kind_of(name)
+            kind = self._ctx.kind_of(name)
         role, family = role_of(name, le is not None, quantile is not None, kind)
         track = self._build(role, name, family, service, instance, rest, le, quantile)
         track.shape = (le is not None, quantile is not None)
@@ -328,6 +259,7 @@ class Preparer:
         le: str | None,
         quantile: str | None,
     ) -> Track:
+        ctx = self._ctx
         if role is Role.CREATED:
             return DropTrack(name, Count.CREATED, role)
         if role is Role.BUCKET or role is Role.GAUGE_BUCKET:
@@ -337,54 +269,44 @@ class Preparer:
                 return DropTrack(name, Count.BAD_LABEL, role)
             absolute = role is Role.GAUGE_BUCKET
             q_key = ("q", service, family, instance, sel, "abs" if absolute else "inc")
-            outs = [self._acquire(service, f"{family}:{suffix}{sel}", instance) for suffix in self._suffixes]
-            group = self._group(q_key, lambda: QuantileGroup(q_key, outs, self._quantiles, absolute))
+            outs = [ctx.acquire(service, f"{family}:{suffix}{sel}", instance) for suffix in ctx.suffixes]
+            group = ctx.group(q_key, lambda: QuantileGroup(q_key, outs, ctx.quantiles, absolute))
             if group.outs is not outs:  # an existing group: give the extra references back
                 for out in outs:
-                    self._release(out)
+                    ctx.release(out)
             return BucketTrack(name, service, instance, sel, role, group, bound)
         if role is Role.SUMMARY_QUANTILE:
             sel = format_selector(kv for kv in rest if kv[0] != "quantile")
             q = parse_float(quantile)
             if q is None or not 0 <= q <= 1:
                 return DropTrack(name, Count.BAD_LABEL, role)
-            out = self._acquire(service, f"{family}:{quantile_suffix(q)}{sel}", instance)
+            out = ctx.acquire(service, f"{family}:{quantile_suffix(q)}{sel}", instance)
             return GaugeTrack(name, service, instance, sel, role, out)
         sel = format_selector(rest)
         if role is Role.GAUGE:
-            return GaugeTrack(
-                name, service, instance, sel, role, self._acquire(service, name + sel, instance)
-            )
-        out = self._acquire(service, f"{name}:rate{sel}", instance)
+            return GaugeTrack(name, service, instance, sel, role, ctx.acquire(service, name + sel, instance))
+        out = ctx.acquire(service, f"{name}:rate{sel}", instance)
         mean: Group | None = None
         if role is Role.COUNT or role is Role.SUM:
             key = ("mean", service, family, instance, sel)
-            mean_out = self._acquire(service, f"{family}:mean{sel}", instance)
-            mean = self._group(key, lambda: MeanGroup(key, [mean_out]))
-            if mean.outs[0] is not mean_out:
-                self._release(mean_out)
-        return CounterTrack(name, service, instance, sel, role, out, mean)
+            mean_out = ctx.acquire(service, f"{family}:mean{sel}", instance)
+            mean = ctx.group(key, lambda: MeanGroup(key, [mean_out]))
+            if mean.refs > 1:  # an existing group: give the extra reference back
+                ctx.release(mean_out)
+        histogram = ("q", service, family, instance, sel, "inc") if mean is not None else None
+        return CounterTrack(name, service, instance, sel, role, out, mean, histogram)
 
     # --- metadata and memory ---
 
-    def _learn(self, metadata: dict[str, MetricKind]) -> None:
-        changed = False
-        remembered = self._metadata
-        for family, kind in metadata.items():
-            if remembered.get(family) is not kind:
-                remembered.pop(family, None)  # re-insert: dict order is the eviction order
-                remembered[family] = kind
-                changed = True
-        if not changed:
-            return
-        while len(remembered) > _MAX_FAMILIES:
-            del remembered[next(iter(remembered))]
+    def _retype_all(self) -> None:
+        """Metadata changed: read anew the series whose role it changes."""
+        kind_of = self._ctx.kind_of
         retyped = [
             labels
             for labels, track in self._tracks.items()
             if track.role is not None
             and track.kind_in is None
-            and role_of(track.name, *track.shape, self._kind_of(track.name))[0] is not track.role
+            and role_of(track.name, *track.shape, kind_of(track.name))[0] is not track.role
         ]
         for labels in retyped:
             self._retype(labels, self._tracks[labels], None)
@@ -398,5 +320,31 @@ class Preparer:
             cutoff = self._epoch - _IDLE_TICKS
             idle = [labels for labels, track in self._tracks.items() if track.epoch < cutoff]
             for labels in idle:
-                self._tracks.pop(labels).release(self)
+                self._tracks.pop(labels).release(self._ctx)
         self._next_tick = self._clock + self._tick_ms
+
+    # --- checkpoints ---
+
+    def state(self) -> dict[str, Any]:
+        """Everything this preparer knows, as plain data (numbers, strings, lists): see :mod:`.state`."""
+        return state.dump(self._tracks, self._ctx, [self._epoch, self._clock, self._next_tick])
+
+    def restore(self, doc: Any) -> None:
+        """Take the state of :meth:`state` back, into a fresh preparer; ``ValueError`` when it is damaged."""
+        if self._tracks:
+            raise ValueError("restore() needs a fresh preparer")
+        try:
+            self._epoch, self._clock, self._next_tick = (int(v) for v in doc["clock"])
+            for labels, track_doc in state.tracks_of(doc):
+                kind = track_doc.kind
+                track = self._parse(labels, kind)
+                track.kind_in = kind
+                self._tracks[labels] = track
+                if not state.apply_track(track, track_doc, self._ctx):
+                    self._ctx.count(Count.RETYPED)
+            state.apply_shared(doc, self._ctx)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            for track in self._tracks.values():
+                track.release(self._ctx)
+            self._tracks.clear()
+            raise ValueError(f"preparation state is damaged: {exc!r}") from None

@@ -1,6 +1,7 @@
 """Histogram maths: Prometheus' ``histogram_quantile`` (classic and native) and native bucket arithmetic.
 
-Pure functions over numbers, no series state: :mod:`engine.prepare` decides which buckets to feed them.
+Pure functions over numbers, no series state: :mod:`engine.preparation.histograms` and
+:mod:`engine.preparation.native` decide which buckets to feed them.
 """
 
 from __future__ import annotations

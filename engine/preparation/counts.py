@@ -1,7 +1,7 @@
-"""What series preparation counts: the keys of :attr:`engine.prepare.Prepared.counts`.
+"""What series preparation counts: the keys of :attr:`engine.preparation.Prepared.counts`.
 
-Its own module so that the per-series state (:mod:`engine.series_state`, :mod:`engine.series_groups`) can
-count without importing the :class:`~engine.prepare.Preparer` that drives it.
+Its own module so that the per-series state can count without importing the
+:class:`~engine.preparation.Preparer` that drives it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ __all__ = ["Count"]
 
 
 class Count(StrEnum):
-    """What :meth:`~engine.prepare.Preparer.prepare` counts, in samples or events."""
+    """What :meth:`~engine.preparation.Preparer.prepare` counts, in samples or events."""
 
     NO_NAME = "no_name"  #: series without ``__name__``: dropped
     NO_SERVICE = "no_service"  #: series without the service label (and no default): dropped
