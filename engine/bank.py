@@ -24,7 +24,7 @@ from engine.samples import Series, analysis_key
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: SeriesGuard.watermark
 RIVER_VERSION = version("river")
 _MAGIC = b"VGLCKPT"
 
@@ -65,6 +65,8 @@ class ModelBank:
     models: dict[bytes, dict[str, SeriesGuard]] = field(default_factory=dict)
     dirty: set[bytes] = field(default_factory=set)
     refused_checkpoints: int = 0
+    #: points skipped by the per-series watermark, by reason ("duplicate", "out_of_order")
+    counts: dict[str, int] = field(default_factory=dict)
 
     def observe(self, series: Series) -> list[dict[str, Any]]:
         """Score then learn every point of ``series``; return the verdict events it caused."""
@@ -79,6 +81,10 @@ class ModelBank:
         self.dirty.add(key)
         events = []
         for ts, value in series.points:
+            skipped = guard.admit(ts)
+            if skipped is not None:
+                self.counts[skipped] = self.counts.get(skipped, 0) + 1
+                continue
             transition = guard.end(ts) if value is None else guard.observe(ts, value)
             if transition is not None:
                 events.append(anomaly_event(series.service, series.metric, series.instance, rule, transition))

@@ -74,10 +74,19 @@ class KafkaConfig(Frozen):
         default=False,
         description="work around the embedded broker's bugs; set automatically for the embedded broker",
     )
-    ack_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    commit_interval_s: float = Field(
-        default=1.0, gt=0, le=60, description="how often workers commit consumed offsets (at-least-once)"
+    ack_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="wait this long for a send's acknowledgement, then resend"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_commit_interval(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "commit_interval_s" in data:
+            raise ValueError(
+                "commit_interval_s is gone: workers commit offsets with each checkpoint "
+                "(detection.checkpoint_interval_s), so a crash never skips samples a checkpoint missed"
+            )
+        return data
 
     @property
     def embedded(self) -> bool:
