@@ -6,19 +6,24 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faust.types import TP
 
 from connectors.broker import faust_quirks
 from connectors.metrics import MetricsServer, worker_registry
 from engine import faust_fixes
 from engine.bank import ModelBank
+from engine.commits import Checkpointer, Ledger, Step
 from engine.config import VigilConfig
+from engine.delivery import FLOOR, MARGIN, Sender
 from engine.metadata import MetadataFollower
-from engine.processor import Processor, Source
+from engine.processor import Outcome, Processor, Source, deadletter
 from engine.samples import partition_for
 from engine.worker_stats import WorkerStats, WorkerTally
 
@@ -38,8 +43,10 @@ def faust_settings(config: VigilConfig) -> dict[str, Any]:
         "web_enabled": False,
         "store": "memory://",
         "consumer_auto_offset_reset": "earliest",
-        "broker_commit_every": 1000,
-        "broker_commit_interval": kafka.commit_interval_s,
+        # Nothing for Faust to commit: the samples topic is committed by engine.commits after checkpoints.
+        "broker_commit_interval": 10.0,
+        # A send that waits longer is given up by this attempt and retried (engine.delivery).
+        "producer_request_timeout": kafka.ack_timeout_s,
         "stream_wait_empty": False,
         "table_standby_replicas": 0,
     }
@@ -52,9 +59,8 @@ def create_app(config: VigilConfig) -> faust.App:
     faust_fixes.install()
     kafka = config.kafka
     app = faust.App(kafka.app_id, **faust_settings(config))
-    samples = app.topic(kafka.topics.samples, partitions=kafka.partitions)
-    verdicts = app.topic(kafka.topics.verdicts, partitions=kafka.partitions)
-    deadletters = app.topic(kafka.topics.deadletter, partitions=kafka.partitions)
+    # acks=False: Faust never commits this topic's offsets; engine.commits does, after each checkpoint.
+    samples = app.topic(kafka.topics.samples, partitions=kafka.partitions, acks=False)
     # use_partitioner: a checkpoint lands in the changelog partition Kafka's partitioner picks for its key,
     # which is the partition of the samples of that key (engine.samples.partition_for), wherever it is
     # written from.
@@ -66,56 +72,120 @@ def create_app(config: VigilConfig) -> faust.App:
     processor = Processor(bank, max_future_ms=int(config.detection.max_future_s * 1000))
     metadata = MetadataFollower(kafka, bank.types)
     app.task(metadata.run)  # every worker reads the whole metadata topic (no group), live
-    interval = config.detection.checkpoint_interval_s
     tally = WorkerTally()
+    sender = Sender(attempt_timeout_s=kafka.ack_timeout_s)
+    ledger = Ledger()
+    limits = _MessageLimits(kafka.bootstrap_servers, app.conf.producer_max_request_size)
 
-    def checkpoint(select: Callable[[bytes], bool]) -> None:
-        for key, blob in bank.checkpoints(select):
-            models[key] = blob
-            tally.checkpointed(key, blob)
+    async def produce(topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        await app.producer.send_and_wait(topic, key, value, partition, None, None)
+
+    async def write_checkpoint(key: bytes, blob: bytes) -> None:
+        changelog = models.changelog_topic.get_topic_name()
+        partition = partition_for(key, kafka.partitions)
+        await sender.deliver("a checkpoint", lambda: produce(changelog, key, blob, partition))
+
+    def store_checkpoint(key: bytes, blob: bytes) -> None:
+        models.data[key] = blob
+        tally.checkpointed(key, blob)
+
+    async def commit(offsets: Mapping[int, int]) -> bool:
+        tps = {TP(kafka.topics.samples, p): offset for p, offset in offsets.items()}
+        consumer: Any = app.consumer  # Faust's commit of given offsets, with its rebalance checks
+        return bool(await consumer._commit(tps))
+
+    checkpointer = Checkpointer(
+        bank, ledger, kafka.partitions, store=store_checkpoint, write=write_checkpoint, commit=commit
+    )
+
+    async def positioned(offsets: Mapping[TP, int | None]) -> None:
+        mine = {
+            tp: offset
+            for tp, offset in offsets.items()
+            if tp.topic == kafka.topics.samples and tp.partition not in ledger.next
+        }
+        unset = [tp for tp, offset in mine.items() if offset is None]
+        earliest: Mapping[TP, int] = await app.consumer.earliest_offsets(*unset) if unset else {}
+        for tp, offset in mine.items():
+            ledger.position(tp.partition, offset if offset is not None else earliest.get(tp, 0))
+
+    faust_fixes.on_positioned(app, positioned)
+
+    async def seek_back(tp: TP, offset: int) -> None:
+        consumer: Any = app.consumer
+        await consumer.seek_wait({tp: offset})
+        consumer._read_offset[tp] = offset or None  # Faust drops fetched records below this one
+
+    async def deliver(outcome: Outcome) -> None:
+        for key, value in outcome.events:
+            await sender.deliver("a verdict", lambda k=key, v=value: produce(kafka.topics.verdicts, k, v))  # type: ignore[misc]
+        for value in outcome.deadletters:
+            limit = await limits.of(kafka.topics.deadletter)
+            await sender.deliver_deadletter(
+                value,
+                limit,
+                lambda v: produce(kafka.topics.deadletter, None, v),
+                too_large=_too_large,
+            )
+            tally.deadletter(value)
 
     @app.agent(samples, concurrency=1)
     async def judge(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
             message = event.message
-            outcome = processor.handle(event.value, Source(message.topic, message.partition, message.offset))
-            for key, value in outcome.events:
-                await verdicts.send(key=key, value=value)
-            for value in outcome.deadletters:
-                await deadletters.send(value=value)
-                tally.deadletter(value)
-            tally.processed(message.topic, message.partition, message.offset)
+            partition, offset = message.partition, message.offset
+            step = ledger.step(partition, offset)
+            if step is Step.GAP:
+                await seek_back(message.tp, ledger.next[partition])
+            if step is not Step.PROCESS:
+                yield None
+                continue
+            async with checkpointer.lock:
+                ledger.start(partition)
+                source = Source(message.topic, partition, offset)
+                try:
+                    outcome = processor.handle(event.value, source)
+                except Exception as exc:  # a bug must cost one record, not the agent
+                    log.exception("record %s/%d/%d failed", message.topic, partition, offset)
+                    outcome = Outcome(deadletters=[deadletter(f"processing failed: {exc!r}", source)])
+                await deliver(outcome)
+                ledger.done(partition, offset)
+                tally.processed(message.topic, partition, offset)
             yield None
 
-    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    async def on_revoked(_app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         revoked: set[TP] = args[0] if args else kwargs.get("revoked", set())
         gone = {tp.partition for tp in revoked if tp.topic == kafka.topics.samples}
         if gone:
+            await checkpointer.run(gone, release=True)
 
-            def owned(key: bytes) -> bool:
-                return partition_for(key, kafka.partitions) not in gone
-
-            checkpoint(lambda key: not owned(key))
-            bank.forget(owned)
             tally.revoked(kafka.topics.samples, gone)
 
+    async def on_shutdown(_app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        try:
+            await checkpointer.run(release=True)
+        except Exception:
+            log.exception("final checkpoint failed; the next owner re-reads from the last commit")
+
     app.on_partitions_revoked.connect(on_revoked)
+    app.on_before_shutdown.connect(on_shutdown)
 
     async def checkpoint_models() -> None:
-        checkpoint(lambda key: True)
+        await checkpointer.run()
         tally.checkpoint_done()
 
     async def report() -> None:
         log.info(
-            "processed %d samples, %d models, %d dead letters, %d metric types, preparation %s",
+            "processed %d samples, %d models, %d dead letters, %d send retries, %d metric types, counts %s",
             processor.processed,
             bank.guards,
             processor.deadlettered,
+            sender.retries,
             len(bank.types),
-            dict(processor.counts),
+            {**processor.counts, **bank.counts},
         )
 
-    app.timer(interval=interval)(checkpoint_models)
+    app.timer(interval=config.detection.checkpoint_interval_s)(checkpoint_models)
     app.timer(interval=30.0)(report)
 
     # Operating: the worker's Prometheus metrics (connectors/metrics.py), from what the worker knows.
@@ -127,6 +197,9 @@ def create_app(config: VigilConfig) -> faust.App:
             model_bytes=tally.model_bytes(bank.units.keys()),
             deadletters=dict(tally.deadletters),
             checkpoint_age_s=tally.checkpoint_age(),
+            send_retries=sender.retries,
+            duplicates=processor.counts.get("duplicate", 0) + bank.counts.get("duplicate", 0),
+            out_of_order=processor.counts.get("out_of_order", 0) + bank.counts.get("out_of_order", 0),
         )
 
     if config.worker.metrics_enabled:
@@ -160,6 +233,45 @@ def consumer_lag(
         if highwater is not None and position is not None:
             lag[(tp.topic, tp.partition)] = highwater - position
     return lag
+
+
+def _too_large(exc: BaseException) -> bool:
+    """A size refusal, from the broker or from the producer (Faust wraps the latter)."""
+    sizes = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+    return isinstance(exc, sizes) or isinstance(exc.__cause__, sizes)
+
+
+class _MessageLimits:
+    """The largest dead letter a topic takes: its ``max.message.bytes`` (asked once), at most the
+    producer's ``max_request_size``, less a margin for the batch's own bytes."""
+
+    def __init__(self, bootstrap_servers: str, max_request_size: int) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.max_request_size = max_request_size
+        self._known: dict[str, int] = {}
+
+    async def of(self, topic: str) -> int:
+        if topic not in self._known:
+            broker = await _topic_max_message_bytes(self.bootstrap_servers, topic)
+            limit = min(self.max_request_size, broker or self.max_request_size)
+            self._known[topic] = max(FLOOR, limit - MARGIN)
+        return self._known[topic]
+
+
+async def _topic_max_message_bytes(bootstrap_servers: str, topic: str) -> int | None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        response = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        for resource in response[0].resources:
+            for entry in resource[4]:
+                if entry[0] == "max.message.bytes" and entry[1]:
+                    return int(entry[1])
+    except Exception as exc:  # noqa: BLE001 - the producer's own limit still applies
+        log.warning("cannot read max.message.bytes of %s (%s); using the producer's limit", topic, exc)
+    finally:
+        await admin.close()
+    return None
 
 
 def run_worker(config: VigilConfig, loglevel: str = "warn") -> None:

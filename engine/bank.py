@@ -160,7 +160,12 @@ class ModelBank:
             guard = unit.guards[(series.metric, series.instance)] = SeriesGuard(rule, self.config.detection)
         self.dirty.add(key)
         events = []
+        counts = self.counts
         for ts, value in series.points:
+            skipped = guard.admit(ts)  # the per-series watermark: a re-read point is not learned twice
+            if skipped is not None:
+                counts[skipped] = counts.get(skipped, 0) + 1
+                continue
             transition = guard.end(ts) if value is None else guard.observe(ts, value)
             if transition is not None:
                 events.append(anomaly_event(series.service, series.metric, series.instance, rule, transition))

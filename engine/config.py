@@ -86,9 +86,8 @@ class KafkaConfig(Frozen):
         default=False,
         description="work around the embedded broker's bugs; set automatically for the embedded broker",
     )
-    ack_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    commit_interval_s: float = Field(
-        default=1.0, gt=0, le=60, description="how often workers commit consumed offsets (at-least-once)"
+    ack_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="wait this long for a send's acknowledgement, then resend"
     )
     processing_guarantee: ProcessingGuarantee = Field(
         default=ProcessingGuarantee.AT_LEAST_ONCE,
@@ -101,6 +100,16 @@ class KafkaConfig(Frozen):
         if value is ProcessingGuarantee.EXACTLY_ONCE:
             raise ValueError(EXACTLY_ONCE_REFUSED)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_commit_interval(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "commit_interval_s" in data:
+            raise ValueError(
+                "commit_interval_s is gone: workers commit offsets with each checkpoint "
+                "(detection.checkpoint_interval_s), so a crash never skips samples a checkpoint missed"
+            )
+        return data
 
     @property
     def embedded(self) -> bool:

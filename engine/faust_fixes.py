@@ -11,19 +11,35 @@ test in ``tests/integration/test_pipeline.py`` caught it in about half of its ru
 
 With both fixed, a dropped event leaves a gap that the commit cannot pass: the message is never committed
 as processed, so after the next rebalance or restart it is fetched again (at-least-once holds in the commit
-log). Still open: an event dropped while a starting worker recovers its tables is not fetched again by that
-same worker until its next rebalance — see the README's known issues. Imported by ``engine.app`` only.
+log). These two matter for topics whose offsets Faust commits; ``vigil.samples`` is no longer one of them
+(engine.commits commits it after each checkpoint), but other agents may be.
+
+3. A hook after ``Consumer.perform_seek`` (:func:`on_positioned`): Faust positions every assigned partition
+   at its committed offset there once table recovery is done, before the partition's first event. The hook
+   tells engine.commits those offsets, so it knows where each partition really starts and can seek back
+   when Faust drops records it fetched during start-up (it clears its stream queues when flow resumes,
+   and does not seek at all for a partition without a committed offset).
+
+Imported by ``engine.app`` only.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
 from faust.transport.consumer import Consumer
+from faust.types import TP
 
 _event_ack = faust.Event.ack
 _new_offset = Consumer._new_offset
+_perform_seek = Consumer.perform_seek
+
+#: app -> what to call with {tp: committed offset, or None when nothing is committed} after each seek
+Positioned = Callable[[Mapping[TP, int | None]], Awaitable[None]]
+_listeners: weakref.WeakKeyDictionary[Any, Positioned] = weakref.WeakKeyDictionary()
 
 
 def _ack_unless_stale(event: Any) -> bool:
@@ -44,6 +60,21 @@ def _new_offset_without_skipping(consumer: Any, tp: Any) -> int | None:
     return result
 
 
+async def _perform_seek_and_tell(consumer: Any) -> None:
+    await _perform_seek(consumer)
+    # No await between the seek's bookkeeping and this read: these are the offsets it sought to.
+    offsets = {tp: consumer._read_offset.get(tp) for tp in consumer.assignment()}
+    listener = _listeners.get(consumer.app)
+    if listener is not None:
+        await listener(offsets)
+
+
+def on_positioned(app: faust.App, listener: Positioned) -> None:
+    """Call ``listener`` with the assigned partitions' committed offsets each time Faust seeks to them."""
+    _listeners[app] = listener
+
+
 def install() -> None:
     faust.Event.ack = _ack_unless_stale  # type: ignore[method-assign,assignment]
     Consumer._new_offset = _new_offset_without_skipping  # type: ignore[method-assign,assignment]
+    Consumer.perform_seek = _perform_seek_and_tell  # type: ignore[method-assign,assignment]

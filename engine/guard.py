@@ -77,6 +77,7 @@ class SeriesGuard:
         "resolve_after",
         "thresholds",
         "warmup",
+        "watermark",
     )
 
     def __init__(
@@ -93,6 +94,23 @@ class SeriesGuard:
         self._window_start_ms = 0
         self._last_anomalous_ms = 0
         self._peak = 0.0
+        #: Timestamp of the newest point admitted (-1: none yet). Checkpointed with the model, so a point
+        #: read again after a crash is recognised and not learned twice.
+        self.watermark = -1
+
+    def admit(self, ts_ms: int) -> str | None:
+        """Whether a point at ``ts_ms`` is new: ``None`` (and the watermark moves to it) if it is, else why
+        not — ``"duplicate"`` at the watermark, ``"out_of_order"`` before it.
+
+        >>> from engine.config import DetectionConfig, MetricRule
+        >>> g = SeriesGuard(MetricRule(match=".*"), DetectionConfig())
+        >>> g.admit(1000), g.admit(1000), g.admit(999), g.admit(2000), g.watermark
+        (None, 'duplicate', 'out_of_order', None, 2000)
+        """
+        if ts_ms > self.watermark:
+            self.watermark = ts_ms
+            return None
+        return "duplicate" if ts_ms == self.watermark else "out_of_order"
 
     @property
     def is_open(self) -> bool:

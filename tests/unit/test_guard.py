@@ -166,3 +166,9 @@ def test_non_finite_values_are_refused() -> None:
     feed(guard, noise(50))
     with pytest.raises(ValueError, match="finite"):
         guard.observe(50 * STEP_MS, math.nan)
+
+
+def test_admit_skips_points_at_or_before_the_watermark_which_survives_a_checkpoint() -> None:
+    guard = SeriesGuard(rule(), DETECTION)
+    assert [guard.admit(t) for t in (10, 20, 20, 15, 30)] == [None, None, "duplicate", "out_of_order", None]
+    assert pickle.loads(pickle.dumps(guard)).watermark == 30
