@@ -30,7 +30,7 @@ from connectors.broker import EmbeddedBroker
 from connectors.kafka import compacted_topics, start_producer, topic_names
 from engine.bank import ModelBank
 from engine.config import VigilConfig, load_config
-from engine.samples import Series, encode_batch, partition_for
+from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
 from vigil.runtime import child_env, with_kafka
 
 BATCH = 500
@@ -54,7 +54,7 @@ def batches(series: list[Series], partitions: int) -> list[tuple[int, bytes]]:
     """Per-partition messages of up to BATCH points, in time order per series."""
     return [
         (
-            partition_for(s.key, partitions),
+            partition_for(sample_key(s.service, family_of(s.metric)), partitions),
             encode_batch([Series(s.service, s.metric, s.instance, s.points[i : i + BATCH])]),
         )
         for s in series

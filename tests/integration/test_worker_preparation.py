@@ -214,3 +214,29 @@ def test_preparation_state_survives_a_restart_between_two_halves(
     # increments 2, 6, 9, 10: p50 = 0.1 + 0.4 * 3/4 — the first half of T0+S came from the checkpoint
     assert got[("rpc_seconds:p50", "a:1")] == (1, pytest.approx(0.4))
     assert got[("rpc_seconds:p90", "a:1")] == (1, pytest.approx(1.0))
+
+
+def test_types_from_the_metadata_topic_decide_how_a_series_is_read(
+    broker: EmbeddedBroker, worker_factory: Callable[..., Worker]
+) -> None:
+    """``queue_depth`` reads as a gauge by its name; the metadata topic says it is a counter."""
+    config = isolated_config(broker, checkpoint_interval_s=0.2)
+
+    async def publish() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            value = b'{"family": "queue_depth", "type": "counter"}'
+            await producer.send_and_wait(config.kafka.topics.metadata, value, key=b"queue_depth")
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())  # before the worker starts: it reads the topic from the beginning
+    worker_factory(config)
+    asyncio.run(
+        _consuming_all(broker.bootstrap_servers, config.kafka.topics, config.kafka.partitions, timeout=90)
+    )
+    send(config, [[series("queue_depth", T0 + i * S, 10.0 * i)] for i in range(4)])
+    got = checkpointed(config, lambda m: ("queue_depth:rate", "a:1") in m)
+    assert got[("queue_depth:rate", "a:1")] == (3, pytest.approx(10 / 15))
+    assert ("queue_depth", "a:1") not in got
