@@ -182,7 +182,7 @@ def create_app(config: VigilConfig) -> faust.App:
             processor.deadlettered,
             sender.retries,
             len(bank.types),
-            {**processor.counts, **bank.counts},
+            bank.counts,
         )
 
     app.timer(interval=config.detection.checkpoint_interval_s)(checkpoint_models)
@@ -198,8 +198,8 @@ def create_app(config: VigilConfig) -> faust.App:
             deadletters=dict(tally.deadletters),
             checkpoint_age_s=tally.checkpoint_age(),
             send_retries=sender.retries,
-            duplicates=processor.counts.get("duplicate", 0) + bank.counts.get("duplicate", 0),
-            out_of_order=processor.counts.get("out_of_order", 0) + bank.counts.get("out_of_order", 0),
+            duplicates=bank.counts.get("duplicate", 0),  # preparation's and the guards' watermarks alike
+            out_of_order=bank.counts.get("out_of_order", 0),
         )
 
     if config.worker.metrics_enabled:

@@ -218,6 +218,11 @@ class ModelBank:
         else:
             self.parts.pop(key, None)
 
+    def read(self, key: bytes, blob: bytes) -> Unit:
+        """The unit a checkpoint of ``key`` holds (its parts, if any, read with ``load``); raises
+        :class:`CheckpointRefused` for one that does not match this bank."""
+        return self._read(key, blob)
+
     def _restore(self, key: bytes) -> Unit:
         blob = self.load(key)
         if not blob:

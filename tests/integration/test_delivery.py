@@ -21,10 +21,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from engine.bank import ModelBank, load_checkpoint
+from engine.bank import ModelBank
 from engine.config import VigilConfig
 from engine.processor import Processor, Source
-from engine.samples import Series, analysis_key, encode_batch, partition_for
+from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
 from tests.conftest import Worker, isolated_config, read_topic
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def stream(config: VigilConfig, *, series: int, points: int, per_record: int) ->
     for s in range(series):
         rng = random.Random(s)
         metric = f"latency_seconds_{s}:p99"
-        key = analysis_key("checkout", metric)
+        key = sample_key("checkout", family_of(metric))
         values = [100.0 + rng.gauss(0, 2) for _ in range(points)]
         for start in (points // 2 + 3 * s, points - 40 + s):  # incidents, then calm again
             for i in range(start, min(start + 6, points)):
@@ -140,6 +140,7 @@ async def learned(
     config: VigilConfig, until: Callable[[dict[bytes, tuple[int, int]]], bool], timeout: float
 ) -> dict[bytes, tuple[int, int]]:
     """Per key, (samples learned, watermark) of its newest checkpoint in the changelog."""
+    reader = ModelBank(config)
     consumer = AIOKafkaConsumer(
         f"{config.kafka.app_id}-models-changelog",
         bootstrap_servers=config.kafka.bootstrap_servers,
@@ -154,7 +155,9 @@ async def learned(
         while not until(state) and time.monotonic() < deadline:
             for messages in (await consumer.getmany(timeout_ms=200)).values():
                 for m in messages:
-                    guards = load_checkpoint(m.value)
+                    if not m.value or m.key is None:
+                        continue
+                    guards = reader.read(m.key, m.value).guards
                     state[m.key] = (
                         sum(g.detector.n for g in guards.values()),
                         max(g.watermark for g in guards.values()),
@@ -298,7 +301,7 @@ def test_an_oversized_dead_letter_is_cut_to_the_topic_limit_and_the_agent_goes_o
         }
     )
     start_worker(config, workers)
-    key = analysis_key("svc", "errors_total:rate")
+    key = sample_key("svc", family_of("errors_total:rate"))
     p = partition_for(key, config.kafka.partitions)
     garbage = bytes(random.Random(1).randrange(256) for _ in range(60_000))
     bad_points = orjson.dumps(

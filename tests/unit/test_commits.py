@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from engine.bank import ModelBank, load_checkpoint
+from engine.bank import ModelBank
 from engine.commits import GAP_CONFIRMATIONS, Checkpointer, Ledger, Step
 from engine.config import load_config
 from engine.samples import Series, analysis_key, partition_for
@@ -110,7 +110,7 @@ def test_commit_is_the_snapshot_and_comes_after_every_checkpoint_is_acknowledged
         kinds = [kind for kind, _ in kafka.log]
         assert kinds == ["checkpoint", "checkpoint", "commit"]
         assert {key for kind, key in kafka.log if kind == "checkpoint"} == {KEYS[0], KEYS[1]}
-        assert load_checkpoint(kafka.table[KEYS[0]])[""].watermark == T0
+        assert bank.read(KEYS[0], kafka.table[KEYS[0]]).guards[(METRICS[0], "")].watermark == T0
         # the next step covers partition 2 only: 0 and 1 are unchanged and committed already
         assert await step.run() == {2: 101}
 
@@ -130,7 +130,7 @@ def test_a_partition_in_the_middle_of_a_record_is_neither_checkpointed_nor_commi
         ledger.done(1, 5)
         assert await step.run(release=True) == {1: 6}
         assert set(kafka.table) == {KEYS[1]}
-        assert bank.models == {}
+        assert bank.units == {}
         assert ledger.next == {}
 
     asyncio.run(go())
@@ -147,7 +147,7 @@ def test_revoke_checkpoints_and_forgets_only_the_revoked_partitions() -> None:
             ledger.done(p, 0)
         assert await step.run({1, 3}, release=True) == {1: 1, 3: 1}
         assert set(kafka.table) == {KEYS[1], KEYS[3]}
-        assert set(bank.models) == {KEYS[0], KEYS[2]}
+        assert set(bank.units) == {KEYS[0], KEYS[2]}
         assert set(ledger.next) == {0, 2}
         assert ledger.step(1, 1) is Step.UNKNOWN
 
