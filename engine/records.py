@@ -14,17 +14,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
-
 from engine.errors import BadRecord
 from engine.raw import MetricKind, NativeHistogram, RawSeries
 from engine.samples import (
     PREPARED_KIND,
     RAW_KIND,
-    WIRE_VERSION,
     Rejected,
     Series,
     decode_prepared,
+    encode_raw_batch,
     load_record,
 )
 
@@ -258,7 +256,7 @@ def encode_raw(series: Iterable[RawSeries]) -> bytes:
 
     A stale marker becomes ``null``; other NaN and ±Inf samples are left out (the sender counts them).
     """
-    return orjson.dumps({"v": WIRE_VERSION, "kind": RAW_KIND, "series": [_raw_doc(s) for s in series]})
+    return encode_raw_batch([_raw_doc(s) for s in series])
 
 
 def _raw_doc(s: RawSeries) -> dict[str, Any]:

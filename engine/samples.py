@@ -287,10 +287,6 @@ def _point_problem(p: Any, limit_ms: int) -> str | None:
     return None
 
 
-#: The version field of records :func:`encode_raw_batch` writes (see the module docstring).
-RAW_WIRE_VERSION = 2
-
-
 def encode_raw_batch(series: Sequence[Mapping[str, Any]]) -> bytes:
     """One ``vigil.samples`` message value of ``"kind": "raw"`` series, shaped as the module docstring says.
 
@@ -302,4 +298,4 @@ def encode_raw_batch(series: Sequence[Mapping[str, Any]]) -> bytes:
     >>> encode_raw_batch([{"labels": {"__name__": "up", "job": "a"}, "samples": [(1000, 1.0), (2000, None)]}])
     b'{"v":2,"kind":"raw","series":[{"labels":{"__name__":"up","job":"a"},"samples":[[1000,1.0],[2000,null]]}]}'
     """
-    return orjson.dumps({"v": RAW_WIRE_VERSION, "kind": RAW_KIND, "series": series})
+    return orjson.dumps({"v": WIRE_VERSION, "kind": RAW_KIND, "series": series})
