@@ -87,7 +87,11 @@ class KafkaConfig(Frozen):
         description="work around the embedded broker's bugs; set automatically for the embedded broker",
     )
     ack_timeout_s: float = Field(
-        default=10.0, gt=0, le=300, description="wait this long for a send's acknowledgement, then resend"
+        default=20.0,
+        gt=0,
+        le=300,
+        description="wait this long for a send's acknowledgement, then resend; above the cluster's "
+        "failover time (Kafka's broker.session.timeout.ms, 9 s by default, plus a controller election)",
     )
     processing_guarantee: ProcessingGuarantee = Field(
         default=ProcessingGuarantee.AT_LEAST_ONCE,
