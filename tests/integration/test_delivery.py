@@ -1,8 +1,8 @@
 """Delivery guarantees of a real `vigil worker`: kill -9 loses nothing, start-up drops nothing, sends never
 kill the agent.
 
-The broker comes from the ``broker`` fixture (``bootstrap_servers``), so these tests run unchanged on any
-broker the fixture is parametrized with.
+The kill -9 and the start/join/leave tests run on both brokers (``any_broker``: the embedded one, and
+Apache Kafka, marked ``kafka``); the embedded broker's work-arounds are on only for the embedded one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from engine.bank import ModelBank
 from engine.config import VigilConfig
 from engine.processor import Processor, Source
 from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
-from tests.conftest import Worker, isolated_config, read_topic
+from tests.conftest import Broker, Worker, isolated_config, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -182,7 +182,10 @@ def start_worker(config: VigilConfig, started: list[Worker]) -> Worker:
     return w
 
 
-def test_kill_9_mid_stream_loses_no_sample_and_changes_no_event(broker: Any, workers: list[Worker]) -> None:
+def test_kill_9_mid_stream_loses_no_sample_and_changes_no_event(
+    any_broker: Broker, workers: list[Worker]
+) -> None:
+    broker = any_broker
     # Checkpoints every 1.5 s: a worker that committed what it read (as Faust does, every second) would
     # lose the samples read since the last checkpoint; the kill comes while records keep arriving.
     config = isolated_config(broker, checkpoint_interval_s=1.5, warmup=20)
@@ -240,10 +243,11 @@ def test_kill_9_mid_stream_loses_no_sample_and_changes_no_event(broker: Any, wor
 
 @pytest.mark.timeout(300)
 def test_records_sent_while_workers_start_join_and_leave_are_all_processed(
-    broker: Any, workers: list[Worker]
+    any_broker: Broker, workers: list[Worker]
 ) -> None:
     """Every probe (a record that becomes one dead letter) is processed although workers start, join and
     leave — recovering a table with content each time — while probes arrive; nothing else rebalances."""
+    broker = any_broker
     config = isolated_config(broker, checkpoint_interval_s=0.5)
     series = stream(config, series=40, points=30, per_record=2)
     probes = [Record(b"probe", i % config.kafka.partitions, b"probe %d" % i) for i in range(len(series))]
