@@ -106,6 +106,7 @@ def config_env(config: VigilConfig) -> dict[str, str]:
         "VIGIL_KAFKA__TOPICS__VERDICTS": k.topics.verdicts,
         "VIGIL_KAFKA__TOPICS__DEADLETTER": k.topics.deadletter,
         "VIGIL_KAFKA__TOPICS__METADATA": k.topics.metadata,
+        "VIGIL_KAFKA__ACK_TIMEOUT_S": str(k.ack_timeout_s),
         "VIGIL_DETECTION__CHECKPOINT_INTERVAL_S": str(d.checkpoint_interval_s),
         "VIGIL_DETECTION__WARMUP": str(d.warmup),
     }

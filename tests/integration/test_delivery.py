@@ -8,12 +8,14 @@ Apache Kafka, marked ``kafka``); the embedded broker's work-arounds are on only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,16 +23,23 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from connectors.broker import free_port
+from connectors.kafka import wait_for_port
 from engine.bank import ModelBank
 from engine.config import VigilConfig
 from engine.processor import Processor, Source
 from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
 from tests.conftest import Broker, Worker, isolated_config, read_topic
+from tests.fixtures.kafka_proxy import ThreadedProxy
+from tests.fixtures.prometheus import tansu
+from tests.integration.test_worker_metrics import MetricsWorker, try_scrape
+from tests.kafka.node import KafkaNode
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_700_000_000_000
 STEP = 15_000
+RETRIES = "vigil_worker_send_retries_total"
 
 
 @dataclass(frozen=True)
@@ -345,3 +354,90 @@ def test_an_oversized_dead_letter_is_cut_to_the_topic_limit_and_the_agent_goes_o
         read_topic(broker.bootstrap_servers, config.kafka.topics.verdicts, lambda r: bool(r), timeout=60)
     )
     assert events[0]["type"] == "vigil.anomaly.opened"
+
+
+@contextlib.contextmanager
+def behind_proxy(kind: str, workdir: Path) -> Iterator[ThreadedProxy]:
+    """A broker of its own (embedded, or Apache Kafka) that clients reach only through a
+    :class:`~tests.fixtures.kafka_proxy.KafkaProxy`."""
+    port = free_port()
+    with ThreadedProxy(port) as proxy:
+        if kind == "embedded":
+            broker: contextlib.AbstractContextManager[object] = tansu(port, proxy.proxy.port)
+        else:
+            advertised = f"advertised.listeners=PLAINTEXT://{proxy.bootstrap_servers}"
+            broker = _node(KafkaNode(workdir / "kafka", port=port, properties=(advertised,)))
+        with broker:
+            wait_for_port(f"127.0.0.1:{port}", 60)
+            yield proxy
+
+
+@contextlib.contextmanager
+def _node(node: KafkaNode) -> Iterator[KafkaNode]:
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.mark.parametrize("kind", ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])
+def test_sends_that_time_out_are_retried_and_nothing_is_lost(kind: str, tmp_path: Path) -> None:
+    """The worker's sends stall (the proxy holds every produce request of the worker — verdicts and
+    checkpoints — while its consumer, heartbeats and commits go on): each attempt times out after
+    ``kafka.ack_timeout_s`` and is retried with backoff; the agent lives on, and once sends go through
+    again every verdict of the stream arrives and every sample is learned exactly once."""
+    with behind_proxy(kind, tmp_path) as proxy:
+        config = isolated_config(proxy, checkpoint_interval_s=1.0, warmup=20)
+        kafka = config.kafka.model_copy(update={"embedded_quirks": kind == "embedded", "ack_timeout_s": 1.5})
+        config = config.model_copy(update={"kafka": kafka})
+        series, points = 4, 160
+        records = stream(config, series=series, points=points, per_record=4)
+        expected = expected_events(config, records)
+        assert len(expected) >= 2 * series, "the stream must raise and resolve incidents"
+
+        worker = MetricsWorker(config, tmp_path / "worker.log")
+        try:
+            wait_for(
+                "the worker's metrics", lambda: _metric(worker, "vigil_worker_send_retries_total") == 0, 120
+            )
+            proxy.hold("faust")  # Faust's producer; the test's own producer (aiokafka) is let through
+            feeder = Feeder(proxy.bootstrap_servers, config.kafka.topics.samples, records, pace_s=0, gate=-1)
+            feeder.start()
+            feeder.join(60)
+            assert feeder.error is None
+            assert feeder.sent == len(records)
+            wait_for(
+                "send retries", lambda: (_metric(worker, "vigil_worker_send_retries_total") or 0) >= 3, 60
+            )
+            assert proxy.held > 0
+            assert worker.process.poll() is None
+            proxy.release()
+
+            last = T0 + (points - 1) * STEP
+            keys = {r.key for r in records}
+            final = asyncio.run(
+                learned(config, lambda s: len(s) == series and all(w == last for _, w in s.values()), 90)
+            )
+            assert final == dict.fromkeys(keys, (points, last))  # every sample learned, none twice
+            got = asyncio.run(
+                read_topic(
+                    proxy.bootstrap_servers,
+                    config.kafka.topics.verdicts,
+                    lambda r: {e["id"] for e in r} >= expected.keys(),
+                    timeout=60,
+                )
+            )
+            assert {e["id"] for e in got} == expected.keys()
+            for event in got:  # a retried send may land twice: same id, same event
+                assert event == expected[event["id"]]
+            assert worker.process.poll() is None
+            log = (tmp_path / "worker.log").read_text(errors="replace")
+            assert "failed (no acknowledgement in time); retrying in" in log
+        finally:
+            worker.stop()
+
+
+def _metric(worker: MetricsWorker, name: str) -> float | None:
+    port = worker.port()
+    return None if port is None else try_scrape(port).get(name)
