@@ -119,3 +119,64 @@ def test_a_dead_letter_the_broker_refuses_as_too_large_is_cut_further() -> None:
     assert len(sent[0]) <= 1500
     assert orjson.loads(sent[0])["truncated"]
     assert sender.retries >= 1
+
+
+def test_retries_wait_the_backoff_delays_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    waited: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waited.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr("engine.delivery.asyncio.sleep", sleep)
+    attempts: list[int] = []
+
+    async def send() -> None:
+        attempts.append(1)
+        if len(attempts) <= 6:
+            raise TimeoutError
+
+    sender = Sender(attempt_timeout_s=1.0, backoff=Backoff(initial_s=0.1, cap_s=1.0))
+    asyncio.run(sender.deliver("a verdict", send))
+    assert [round(d, 3) for d in waited] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert sender.retries == 6
+
+
+def test_a_dead_letter_refused_even_at_the_floor_is_dropped_counted_and_the_sender_goes_on() -> None:
+    tried: list[int] = []
+
+    class TooBig(Exception):
+        pass
+
+    async def send(value: bytes) -> None:
+        tried.append(len(value))
+        raise TooBig
+
+    doc = deadletter("bad", SRC, raw=b"x" * 50_000)
+    sender = Sender(attempt_timeout_s=1.0, backoff=FAST)
+    asyncio.run(
+        asyncio.wait_for(
+            sender.deliver_deadletter(doc, 10_000, send, too_large=lambda e: isinstance(e, TooBig)), 10
+        )
+    )
+    assert sender.dropped == 1
+    assert tried[0] <= 10_000
+    assert tried[-1] <= FLOOR  # cut further each time, down to the floor, then given up
+    assert tried == sorted(tried, reverse=True)
+    assert sender.retries == len(tried)
+
+
+def test_a_failure_that_is_not_a_size_refusal_is_retried_not_cut() -> None:
+    sent: list[bytes] = []
+
+    async def send(value: bytes) -> None:
+        sent.append(value)
+        if len(sent) < 3:
+            raise ConnectionError("leader moved")
+
+    doc = deadletter("bad", SRC, payload={"points": [[1, 2.0]]})
+    sender = Sender(attempt_timeout_s=1.0, backoff=FAST)
+    asyncio.run(sender.deliver_deadletter(doc, 10_000, send, too_large=lambda e: False))
+    assert sent == [doc, doc, doc]
+    assert (sender.retries, sender.dropped) == (2, 0)
