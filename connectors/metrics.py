@@ -62,6 +62,17 @@ class WorkerCollector(Collector):
         yield CounterMetricFamily(
             "vigil_worker_send_retries", "Sends to Kafka retried after a failure.", value=s.send_retries
         )
+        yield CounterMetricFamily(
+            "vigil_worker_deadletters_dropped",
+            "Dead letters the broker refused even cut to the smallest size, dropped (each logged).",
+            value=s.deadletters_dropped,
+        )
+        yield CounterMetricFamily(
+            "vigil_worker_start_up_gaps",
+            "Records beyond a gap in a partition (dropped by Faust during start-up or a rebalance): the "
+            "partition was sought back to the next offset to process.",
+            value=s.start_up_gaps,
+        )
         skipped = CounterMetricFamily(
             "vigil_worker_points_skipped",
             "Points skipped by the duplicate rule: at (duplicate) or before (out_of_order) the watermark.",

@@ -198,6 +198,8 @@ def create_app(config: VigilConfig) -> faust.App:
             deadletters=dict(tally.deadletters),
             checkpoint_age_s=tally.checkpoint_age(),
             send_retries=sender.retries,
+            deadletters_dropped=sender.dropped,
+            start_up_gaps=ledger.gaps,
             duplicates=bank.counts.get("duplicate", 0),  # preparation's and the guards' watermarks alike
             out_of_order=bank.counts.get("out_of_order", 0),
         )

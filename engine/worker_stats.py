@@ -64,6 +64,11 @@ class WorkerStats:
     #: seconds since the last completed checkpoint (since the worker started, before the first one)
     checkpoint_age_s: float
     send_retries: int = 0
+    #: dead letters refused by the broker even when cut to the smallest size, and dropped (logged)
+    deadletters_dropped: int = 0
+    #: records after a hole in a partition (Faust dropped what it fetched during start-up or a
+    #: rebalance): the partition was sought back to the next offset to process
+    start_up_gaps: int = 0
     duplicates: int = 0  # points skipped: timestamp equal to the series' watermark
     out_of_order: int = 0  # points skipped: timestamp before the series' watermark
 

@@ -432,6 +432,8 @@ def test_sends_that_time_out_are_retried_and_nothing_is_lost(kind: str, tmp_path
             for event in got:  # a retried send may land twice: same id, same event
                 assert event == expected[event["id"]]
             assert worker.process.poll() is None
+            assert _metric(worker, "vigil_worker_deadletters_dropped_total") == 0
+            assert _metric(worker, "vigil_worker_start_up_gaps_total") is not None
             log = (tmp_path / "worker.log").read_text(errors="replace")
             assert "failed (no acknowledgement in time); retrying in" in log
         finally:

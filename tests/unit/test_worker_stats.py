@@ -48,6 +48,8 @@ def test_the_exposition_names_every_field_and_labels_only_closed_sets() -> None:
         deadletters={DeadLetterReason.BAD_RECORD: 1},
         checkpoint_age_s=2.5,
         send_retries=6,
+        deadletters_dropped=1,
+        start_up_gaps=3,
         duplicates=7,
         out_of_order=0,
     )
@@ -61,6 +63,8 @@ def test_the_exposition_names_every_field_and_labels_only_closed_sets() -> None:
         'vigil_worker_deadletters_total{reason="processing_failed"} 0.0',
         "vigil_worker_checkpoint_age_seconds 2.5",
         "vigil_worker_send_retries_total 6.0",
+        "vigil_worker_deadletters_dropped_total 1.0",
+        "vigil_worker_start_up_gaps_total 3.0",
         'vigil_worker_points_skipped_total{reason="duplicate"} 7.0',
         'vigil_worker_points_skipped_total{reason="out_of_order"} 0.0',
     ):
