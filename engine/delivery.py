@@ -173,7 +173,17 @@ def fit(doc: bytes, limit: int) -> bytes:
             break
         cut = max(0, cut - max(1, (len(out) - limit)))
     if len(out) > limit:  # even the head alone is too large (a tiny limit): keep what must be kept
-        out = orjson.dumps(
-            {"reason": head["reason"][:100], "source": head["source"], "truncated": head["truncated"]}
-        )
+        out = _head_only(head["reason"][:100], head, limit)
     return out
+
+
+def _head_only(reason: str, head: dict[str, Any], limit: int) -> bytes:
+    """The reason (cut until the document fits ``limit``), the source and the truncation note.
+
+    A character of the reason costs 1 to 6 bytes of JSON (``\u001f``), so it is cut by what is over.
+    """
+    while True:
+        out = orjson.dumps({"reason": reason, "source": head["source"], "truncated": head["truncated"]})
+        if len(out) <= limit or not reason:
+            return out
+        reason = reason[: len(reason) - max(1, (len(out) - limit) // 6)]

@@ -180,3 +180,14 @@ def test_a_failure_that_is_not_a_size_refusal_is_retried_not_cut() -> None:
     asyncio.run(sender.deliver_deadletter(doc, 10_000, send, too_large=lambda e: False))
     assert sent == [doc, doc, doc]
     assert (sender.retries, sender.dropped) == (2, 0)
+
+
+def test_a_reason_of_escaped_and_wide_characters_is_cut_by_bytes_not_characters() -> None:
+    # found by the property above: 100 characters of reason can be 600 bytes of JSON
+    reason = "0" * 43 + "\x1f" * 13 + "\u0800" * 9
+    for limit in range(FLOOR, FLOOR + 40):
+        cut = fit(deadletter(reason, SRC, payload=None), limit)
+        assert len(cut) <= limit
+        parsed = orjson.loads(cut)
+        assert reason.startswith(parsed["reason"])
+        assert parsed["source"]["offset"] == 17
