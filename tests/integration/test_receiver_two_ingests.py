@@ -104,8 +104,8 @@ async def test_series_prepared_from_two_ingests_equal_those_from_one_ingest(
         return found
 
     # Two names of one family with different types (go_memstats_alloc_bytes, a gauge, and ..._total, a
-    # counter) share one metadata key; which one is last differs from run to run (Prometheus sends
-    # metadata in Go map order) — whatever the number of ingests. Outside those the types agree, and
+    # counter) share one metadata key; which one is last differs from request to request (seen with one
+    # ingest and with two; Prometheus' metadata order is not stable). Outside those the types agree, and
     # both arrangements are prepared with the same ones.
     clashing = {n for n in families if f"{n}_total" in names and n in names}
     known, known_alone = await types(two), await types(one)
