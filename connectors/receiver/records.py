@@ -220,9 +220,11 @@ def _histogram(h: NativeHistogram) -> dict[str, Any] | None:
 
 
 def _families(metadata: dict[str, MetricKind]) -> dict[str, str]:
-    """1.0 metadata by family as :func:`~engine.samples.family_of` names it (the family of the samples'
-    key: ``http_requests_total`` → ``http_requests``)."""
-    return {family_of(name): kind.value for name, kind in metadata.items() if family_of(name)}
+    """1.0 metadata by the family name as sent: ``go_memstats_alloc_bytes`` (a gauge) and
+    ``go_memstats_alloc_bytes_total`` (a counter) are two families, though both have the samples' key
+    family ``go_memstats_alloc_bytes``. :meth:`~engine.preparation.FamilyTypes.kind_of` looks a series
+    name up as is, then without its suffix."""
+    return {name: kind.value for name, kind in metadata.items() if name}
 
 
 def encode_chunks(

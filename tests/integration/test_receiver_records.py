@@ -261,19 +261,28 @@ async def test_v2_metadata_created_timestamp_and_native_histograms_travel_raw(ha
 
 async def test_v1_metadata_goes_to_the_metadata_topic_once_until_it_changes(harness: Harness) -> None:
     topic = harness.config.kafka.topics.metadata
-    metadata = {"http_requests_total": MetricKind.COUNTER, "latency_seconds": MetricKind.HISTOGRAM}
+    # Keyed by the family name as sent: a gauge and a counter whose names differ only by _total (as
+    # Go's go_memstats_alloc_bytes and go_memstats_alloc_bytes_total do) keep their own types.
+    metadata = {
+        "http_requests_total": MetricKind.COUNTER,
+        "latency_seconds": MetricKind.HISTOGRAM,
+        "alloc_bytes": MetricKind.GAUGE,
+        "alloc_bytes_total": MetricKind.COUNTER,
+    }
     for _ in range(2):
         status, text, _ = await harness.post(v1_body([], metadata), V1)
         assert status == 204, text
-    first = await records_of(harness.config, topic, 2)
+    first = await records_of(harness.config, topic, 4)
     assert sorted((key, doc) for _, key, doc in first) == [
-        (b"http_requests", {"family": "http_requests", "type": "counter"}),
+        (b"alloc_bytes", {"family": "alloc_bytes", "type": "gauge"}),
+        (b"alloc_bytes_total", {"family": "alloc_bytes_total", "type": "counter"}),
+        (b"http_requests_total", {"family": "http_requests_total", "type": "counter"}),
         (b"latency_seconds", {"family": "latency_seconds", "type": "histogram"}),
     ]
-    assert harness.ingest.stats.metadata_produced == 2  # the unchanged repeat produced nothing
+    assert harness.ingest.stats.metadata_produced == 4  # the unchanged repeat produced nothing
     status, text, _ = await harness.post(v1_body([], {"latency_seconds": MetricKind.SUMMARY}), V1)
     assert status == 204, text
-    records = await records_of(harness.config, topic, 3)
+    records = await records_of(harness.config, topic, 5)
     assert [doc for _, key, doc in records if key == b"latency_seconds"] == [
         {"family": "latency_seconds", "type": "histogram"},
         {"family": "latency_seconds", "type": "summary"},
