@@ -222,10 +222,91 @@ class ReceiverConfig(Frozen):
         return value
 
 
+class SourceTLSConfig(Frozen):
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the server with")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = None
+    insecure_skip_verify: bool = Field(default=False, description="do not verify the server (tests only)")
+
+    @model_validator(mode="after")
+    def _both_or_none(self) -> SourceTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls needs both cert_file and key_file, or neither")
+        return self
+
+
+class SourceConfig(Frozen):
+    """A Prometheus (or anything with its HTTP query API: Thanos, Mimir, VictoriaMetrics, Cortex).
+
+    A secret is given at most one way: inline, ``*_file`` (read again on every request, so a rotated token
+    is picked up) or ``*_env`` (the name of an environment variable).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    url: str = Field(description="base URL, e.g. http://127.0.0.1:9090 or https://mimir/prometheus")
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    bearer_token_env: str | None = None
+    basic_username: str | None = None
+    basic_password: SecretStr | None = None
+    basic_password_file: Path | None = None
+    basic_password_env: str | None = None
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="sent with every request, e.g. X-Scope-OrgID (values masked)"
+    )
+    tls: SourceTLSConfig = SourceTLSConfig()
+    timeout_s: float = Field(default=30.0, gt=0, le=600, description="one request, answer included")
+    max_concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight to this source")
+    retries: int = Field(default=5, ge=0, le=50, description="tries after the first on retriable errors")
+    backoff_s: float = Field(default=0.5, gt=0, le=60, description="first retry delay, doubled each time")
+    max_backoff_s: float = Field(default=30.0, gt=0, le=3600, description="longest delay between tries")
+    max_response_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="larger answers fail")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url(cls, data: Any) -> Any:
+        # Checked here, on the whole mapping, so an error never echoes a URL that may hold a password.
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        url = data["url"]
+        scheme, sep, rest = url.partition("://")
+        host = rest.split("/", 1)[0]
+        if not sep or scheme not in ("http", "https") or not host:
+            raise ValueError("url must be http://host[:port][/path] or https://...")
+        if "@" in host:
+            raise ValueError("url must not hold credentials: use basic_username and basic_password(_file)")
+        if "?" in rest or "#" in rest:
+            raise ValueError("url must not have a query string or fragment")
+        return data
+
+    @model_validator(mode="after")
+    def _one_way_each(self) -> SourceConfig:
+        bearer = [k for k in ("bearer_token", "bearer_token_file", "bearer_token_env") if getattr(self, k)]
+        password = [
+            k for k in ("basic_password", "basic_password_file", "basic_password_env") if getattr(self, k)
+        ]
+        if len(bearer) > 1 or len(password) > 1:
+            raise ValueError(
+                f"set a secret one way only, not {' and '.join(bearer if len(bearer) > 1 else password)}"
+            )
+        if bool(self.basic_username) != bool(password):
+            raise ValueError("basic auth needs both basic_username and basic_password(_file/_env)")
+        if bearer and password:
+            raise ValueError("set bearer_token or basic auth, not both")
+        if (bearer or password) and any(h.lower() == "authorization" for h in self.headers):
+            raise ValueError("an Authorization header and bearer/basic auth cannot both be set")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+
 class PollerConfig(Frozen):
-    """Reserved for the PromQL poller (not built yet): must stay disabled."""
+    """The PromQL poller: where to read (``sources``) and what to watch (not built yet: must stay off)."""
 
     enabled: Literal[False] = False
+    sources: tuple[SourceConfig, ...] = ()
 
 
 class ApiConfig(Frozen):
@@ -315,7 +396,7 @@ def load_config(path: Path | None) -> VigilConfig:
 
 
 #: a key path with one of these in it may hold a secret: its value is never shown in an error
-SECRET_WORDS = ("auth", "token", "password", "secret", "credential")
+SECRET_WORDS = ("auth", "token", "password", "secret", "credential", "header")
 
 
 def _describe(where: str, exc: ValidationError) -> str:
