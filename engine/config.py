@@ -302,11 +302,83 @@ class SourceConfig(Frozen):
         return self.url.rstrip("/")
 
 
+#: Placeholders an explicit query may hold, filled per watch (see :meth:`WatchConfig.render`).
+PLACEHOLDERS = ("{{service}}", "{{service_label}}", "{{instance_label}}")
+
+
+class QueryConfig(Frozen):
+    """One PromQL expression; its result series become samples named ``name``, one per instance."""
+
+    name: str = Field(pattern=r"^[A-Za-z_:][A-Za-z0-9_:.-]{0,199}$", description="the metric's name")
+    query: str = Field(min_length=1, max_length=16_384)
+
+
+class WatchConfig(Frozen):
+    """A service watched through PromQL: every ``interval_s`` the steps of ``step_s`` that are at least
+    ``delay_s`` old are queried; a first start backfills ``lookback_s``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    source: str | None = Field(default=None, description="a source's name; default: the first source")
+    service: str | None = Field(default=None, min_length=1, max_length=4096)
+    selector: str | None = None
+    pack: tuple[str, ...] = ()
+    queries: tuple[QueryConfig, ...] = ()
+    step_s: int = Field(default=15, ge=1, le=86_400, description="resolution: one sample per step")
+    interval_s: float = Field(default=15.0, gt=0, le=86_400, description="how often to poll")
+    lookback_s: int = Field(default=3600, ge=0, le=90 * 86_400, description="backfill of a first start")
+    delay_s: int = Field(default=30, ge=0, le=86_400, description="only steps this old are complete")
+
+    @model_validator(mode="after")
+    def _what(self) -> WatchConfig:
+        if self.selector is not None:
+            raise ValueError("selector watches are not built yet: name the service")
+        if self.service is None:
+            raise ValueError("a watch needs a service")
+        if self.pack:
+            raise ValueError("metric packs are not built yet: give explicit queries")
+        if not self.queries:
+            raise ValueError("a watch needs at least one query")
+        names = [q.name for q in self.queries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"query names must be unique in a watch, got {sorted(names)}")
+        return self
+
+    def render(self, query: QueryConfig, labels: LabelsConfig) -> str:
+        """The query with ``{{service}}``, ``{{service_label}}`` and ``{{instance_label}}`` filled in."""
+        return (
+            query.query.replace("{{service}}", self.service or "")
+            .replace("{{service_label}}", labels.service)
+            .replace("{{instance_label}}", labels.instance)
+        )
+
+
 class PollerConfig(Frozen):
-    """The PromQL poller: where to read (``sources``) and what to watch (not built yet: must stay off)."""
+    """The PromQL poller: where to read (``sources``) and what to watch (``watches``).
+
+    ``enabled`` must stay false until the streaming poller is built; ``vigil poll --once`` runs the watches.
+    """
 
     enabled: Literal[False] = False
     sources: tuple[SourceConfig, ...] = ()
+    watches: tuple[WatchConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _names(self) -> PollerConfig:
+        sources = [s.name for s in self.sources]
+        watches = [w.name for w in self.watches]
+        for what, names in (("source", sources), ("watch", watches)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} names must be unique, got {sorted(names)}")
+        if self.watches and not self.sources:
+            raise ValueError("watches need a source: add poller.sources")
+        for watch in self.watches:
+            if watch.source is not None and watch.source not in sources:
+                raise ValueError(f"watch {watch.name}: no source named {watch.source!r}, have {sources}")
+        return self
+
+    def source_of(self, watch: WatchConfig) -> SourceConfig:
+        name = watch.source or self.sources[0].name
+        return next(s for s in self.sources if s.name == name)
 
 
 class ApiConfig(Frozen):

@@ -87,3 +87,80 @@ def test_config_check_masks_secrets(tmp_path: Path) -> None:
     shown = str(redacted(load(tmp_path, text)))  # type: ignore[arg-type]
     assert "hunter2" not in shown
     assert "t1" not in shown
+
+
+WATCH = """poller:
+  sources:
+    - {name: main, url: "http://127.0.0.1:9090"}
+    - {name: other, url: "http://127.0.0.1:9091"}
+  watches:
+    - name: checkout
+"""
+QUERY = (
+    "      queries:\n"
+    "        - name: error_ratio\n"
+    "          query: 'sum by ({{instance_label}}) (up{{{service_label}}=\"{{service}}\"})'\n"
+)
+
+
+def test_a_watch_with_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path, WATCH + "      service: checkout\n" + QUERY)
+    poller = config.poller  # type: ignore[attr-defined]
+    (watch,) = poller.watches
+    assert (watch.step_s, watch.interval_s, watch.lookback_s, watch.delay_s) == (15, 15.0, 3600, 30)
+    assert poller.source_of(watch).name == "main"
+    rendered = watch.render(watch.queries[0], config.labels)  # type: ignore[attr-defined]
+    assert rendered == 'sum by (instance) (up{job="checkout"})'
+
+
+def test_a_watch_names_its_source(tmp_path: Path) -> None:
+    config = load(tmp_path, WATCH + "      service: checkout\n      source: other\n" + QUERY)
+    poller = config.poller  # type: ignore[attr-defined]
+    assert poller.source_of(poller.watches[0]).name == "other"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("      service: c\n      source: nope\n" + QUERY, "no source named 'nope'"),
+        ("      service: c\n", "at least one query"),
+        (QUERY, "a watch needs a service"),
+        ("      selector: '{a=\"b\"}'\n" + QUERY, "selector watches are not built yet"),
+        ("      service: c\n      pack: [http]\n" + QUERY, "metric packs are not built yet"),
+        ("      service: c\n      step_s: 0\n" + QUERY, "step_s: Input should be greater than or equal to 1"),
+        ("      service: c\n      interval_s: -1\n" + QUERY, "interval_s"),
+        ("      service: c\n      lookback_s: x\n" + QUERY, "lookback_s: Input should be a valid integer"),
+        ("      service: c\n      queries: [{name: 'a b', query: up}]\n", "queries.0.name"),
+        ("      service: c\n      queries: [{name: a, query: ''}]\n", "queries.0.query"),
+        ("      service: c\n      queries: [{name: a, query: up}, {name: a, query: up}]\n", "unique"),
+        ("      service: c\n      queries: [{name: a, query: up, extra: 1}]\n", "extra: Extra inputs"),
+        (
+            "      service: c\n"
+            + QUERY
+            + "    - {name: checkout, service: d, queries: [{name: a, query: up}]}\n",
+            "watch names must be unique",
+        ),
+    ],
+)
+def test_bad_watches_are_refused_clearly(tmp_path: Path, extra: str, expected: str) -> None:
+    assert expected in failure(tmp_path, WATCH + extra)
+
+
+def test_watches_need_a_source(tmp_path: Path) -> None:
+    text = "poller:\n  watches:\n    - {name: w, service: s, queries: [{name: a, query: up}]}\n"
+    assert "watches need a source" in failure(tmp_path, text)
+
+
+def test_the_commented_example_in_the_shipped_config_is_valid(tmp_path: Path) -> None:
+    shipped = (Path(__file__).resolve().parents[2] / "config" / "vigil.yaml").read_text()
+    section = shipped[shipped.index("\npoller:") :]
+    lines = [
+        line.replace("  #  ", "  ", 1) if line.startswith("  #  ") else line.replace(": []", ":", 1)
+        for line in section.splitlines()
+    ]
+    config = load(tmp_path, "\n".join(lines) + "\n")
+    poller = config.poller  # type: ignore[attr-defined]
+    assert [s.name for s in poller.sources] == ["main"]
+    assert [(w.name, w.service, [q.name for q in w.queries]) for w in poller.watches] == [
+        ("checkout", "checkout", ["error_ratio"])
+    ]
