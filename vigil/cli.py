@@ -174,6 +174,32 @@ def demo(
     raise typer.Exit(run_demo(config, cfg, seconds))
 
 
+@app.command()
+def poll(
+    once: Annotated[bool, typer.Option("--once", help="poll each watch once and exit (required)")] = False,
+    config: ConfigOption = None,
+    watch: Annotated[str | None, typer.Option("--watch", help="only this watch")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="RFC 3339 start (with --end); default: lookback_s")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="RFC 3339 end, inclusive; default: now - delay_s")] = None,
+    json: Annotated[bool, typer.Option("--json", help="only JSON lines on stdout")] = False,
+) -> None:
+    """Print what one poll of the configured watches emits, without Kafka (exit 1 if a query failed)."""
+    from vigil.poll import parse_time, poll_once
+
+    cfg = _load(config)
+    if not once:
+        raise _fail(VigilError("vigil poll needs --once (the streaming poller is not built yet)"))
+    try:
+        start_ms = None if start is None else parse_time(start, "--start")
+        end_ms = None if end is None else parse_time(end, "--end")
+        status = asyncio.run(poll_once(cfg, watch, start_ms, end_ms, as_json=json))
+    except VigilError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(status)
+
+
 @config_app.command("check")
 def config_check(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file")],

@@ -281,3 +281,26 @@ async def test_tls_with_a_ca_file_and_without(tmp_path: Path) -> None:
     assert trusted.series[0].points == EXPECTED
     assert skipped.series[0].points == EXPECTED
     assert caught.value.kind is ErrorKind.CONNECTION
+
+
+async def test_series_sharing_an_instance_keep_the_first(caplog: pytest.LogCaptureFixture) -> None:
+    from connectors.prometheus.watch import poll_watch
+    from engine.config import LabelsConfig, QueryConfig, WatchConfig
+
+    answer = matrix(
+        [
+            {"metric": {"instance": "a", "code": "200"}, "values": [[1, "1"]]},
+            {"metric": {"instance": "a", "code": "500"}, "values": [[1, "2"]]},
+            {"metric": {"code": "200"}, "values": [[1, "3"]]},
+        ]
+    )
+    watch = WatchConfig(name="w", service="s", queries=[QueryConfig(name="q", query="x")])
+    async with FakePrometheus(plan=[body(answer)]) as fake, PrometheusClient(source(fake.url)) as client:
+        with caplog.at_level(logging.WARNING):
+            poll = await poll_watch(client, watch, LabelsConfig(), Window(1000, 1000, 1000))
+    assert [(s.service, s.metric, s.instance, list(s.points)) for s in poll.series] == [
+        ("s", "q", "a", [(1000, 1.0)]),
+        ("s", "q", "", [(1000, 3.0)]),
+    ]
+    assert poll.clashes == 1
+    assert "1 result series share an instance label value" in caplog.text

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.prometheus import client, errors, response, windows
+from connectors.prometheus import client, errors, response, watch, windows
 from connectors.prometheus.windows import MAX_POINTS, Window, aligned, seconds, split
+from vigil import poll
 
 
 @given(
@@ -68,7 +69,7 @@ def test_bad_windows_are_refused(start: int, end: int, step: int) -> None:
         Window(start, end, step)
 
 
-@pytest.mark.parametrize("module", [windows, errors, response, client])
+@pytest.mark.parametrize("module", [windows, errors, response, client, watch, poll])
 def test_doctests(module: ModuleType) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0
