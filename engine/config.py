@@ -72,6 +72,8 @@ class Topics(Frozen):
     deadletter: str = "vigil.deadletter"
     #: compacted, keyed by metric family: remote-write metadata (types), read by every worker
     metadata: str = "vigil.metadata"
+    #: compacted, keyed by (watch, query): the poller's watermark, the last step it emitted completely
+    poller_state: str = "vigil.poller-state"
 
 
 class KafkaConfig(Frozen):
@@ -355,12 +357,19 @@ class WatchConfig(Frozen):
 class PollerConfig(Frozen):
     """The PromQL poller: where to read (``sources``) and what to watch (``watches``).
 
-    ``enabled`` must stay false until the streaming poller is built; ``vigil poll --once`` runs the watches.
+    ``enabled`` runs it in ``vigil run``; ``vigil poller`` runs it alone; ``vigil poll --once`` prints one
+    poll. It serves Prometheus metrics at ``http://metrics_host:metrics_port/metrics``.
     """
 
-    enabled: Literal[False] = False
+    enabled: bool = Field(default=False, description="run the poller in `vigil run` (needs watches)")
     sources: tuple[SourceConfig, ...] = ()
     watches: tuple[WatchConfig, ...] = ()
+    chunk_steps: int = Field(
+        default=1000, ge=1, le=11_000, description="steps per request while catching up (backfill)"
+    )
+    metrics_enabled: bool = Field(default=True, description="false: the poller opens no port at all")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9204, ge=0, le=65535, description="0: any free port (printed)")
 
     @model_validator(mode="after")
     def _names(self) -> PollerConfig:
@@ -371,6 +380,8 @@ class PollerConfig(Frozen):
                 raise ValueError(f"{what} names must be unique, got {sorted(names)}")
         if self.watches and not self.sources:
             raise ValueError("watches need a source: add poller.sources")
+        if self.enabled and not self.watches:
+            raise ValueError("poller.enabled needs at least one watch")
         for watch in self.watches:
             if watch.source is not None and watch.source not in sources:
                 raise ValueError(f"watch {watch.name}: no source named {watch.source!r}, have {sources}")

@@ -51,11 +51,16 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver."""
+    """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver, poller."""
     from vigil.supervisor import supervise
 
     cfg = _load(config)
-    raise typer.Exit(supervise(config, cfg, ["worker", "ingest"] if cfg.receiver.enabled else ["worker"]))
+    parts = [
+        "worker",
+        *(["ingest"] if cfg.receiver.enabled else []),
+        *(["poller"] if cfg.poller.enabled else []),
+    ]
+    raise typer.Exit(supervise(config, cfg, parts))
 
 
 @app.command()
@@ -90,6 +95,24 @@ def ingest(
     logging.getLogger().setLevel(loglevel.upper())
     try:
         run_ingest(cfg)
+    except VigilError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def poller(
+    config: ConfigOption = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warn or error")] = "warn",
+) -> None:
+    """Run the PromQL poller against kafka.bootstrap_servers until SIGINT/SIGTERM."""
+    cfg = _load(config)
+    if cfg.kafka.embedded:
+        raise _fail(VigilError("`vigil poller` needs kafka.bootstrap_servers; `vigil run` starts a broker"))
+    from connectors.poller import run_poller
+
+    logging.getLogger().setLevel(loglevel.upper())
+    try:
+        run_poller(cfg)
     except VigilError as exc:
         raise _fail(exc) from None
 
