@@ -304,8 +304,11 @@ class SourceConfig(Frozen):
         return self.url.rstrip("/")
 
 
-#: Placeholders an explicit query may hold, filled per watch (see :meth:`WatchConfig.render`).
-PLACEHOLDERS = ("{{service}}", "{{service_label}}", "{{instance_label}}")
+#: Placeholders a query may hold, filled per watch (see :meth:`WatchConfig.render`); the selector is empty
+#: for the poller (verification puts baseline or canary matchers there).
+PLACEHOLDERS = ("{{service}}", "{{service_label}}", "{{instance_label}}", "{{selector}}")
+#: The built-in metric packs (engine/packs/*.yaml).
+PackName = Literal["http", "grpc", "process", "node", "kubernetes"]
 
 
 class QueryConfig(Frozen):
@@ -323,7 +326,7 @@ class WatchConfig(Frozen):
     source: str | None = Field(default=None, description="a source's name; default: the first source")
     service: str | None = Field(default=None, min_length=1, max_length=4096)
     selector: str | None = None
-    pack: tuple[str, ...] = ()
+    pack: tuple[PackName, ...] = Field(default=(), description="built-in metric packs")
     queries: tuple[QueryConfig, ...] = ()
     step_s: int = Field(default=15, ge=1, le=86_400, description="resolution: one sample per step")
     interval_s: float = Field(default=15.0, gt=0, le=86_400, description="how often to poll")
@@ -336,21 +339,33 @@ class WatchConfig(Frozen):
             raise ValueError("selector watches are not built yet: name the service")
         if self.service is None:
             raise ValueError("a watch needs a service")
-        if self.pack:
-            raise ValueError("metric packs are not built yet: give explicit queries")
-        if not self.queries:
-            raise ValueError("a watch needs at least one query")
-        names = [q.name for q in self.queries]
+        if not self.queries and not self.pack:
+            raise ValueError("a watch needs a pack or at least one query")
+        if len(set(self.pack)) != len(self.pack):
+            raise ValueError(f"a pack is named twice: {list(self.pack)}")
+        names = [q.name for q in self.all_queries]
         if len(set(names)) != len(names):
-            raise ValueError(f"query names must be unique in a watch, got {sorted(names)}")
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"query names must be unique in a watch (packs included), twice: {twice}")
         return self
 
+    @cached_property
+    def all_queries(self) -> tuple[QueryConfig, ...]:
+        """The explicit queries, then each pack's per-instance queries (named as the pack names them)."""
+        from engine.packs import load_pack  # the packs module reads this one's types
+
+        packed = (
+            QueryConfig(name=m.name, query=m.instance_query) for name in self.pack for m in load_pack(name)
+        )
+        return (*self.queries, *packed)
+
     def render(self, query: QueryConfig, labels: LabelsConfig) -> str:
-        """The query with ``{{service}}``, ``{{service_label}}`` and ``{{instance_label}}`` filled in."""
+        """The query with its :data:`PLACEHOLDERS` filled in (the selector is empty)."""
         return (
             query.query.replace("{{service}}", self.service or "")
             .replace("{{service_label}}", labels.service)
             .replace("{{instance_label}}", labels.instance)
+            .replace("{{selector}}", "")
         )
 
 
@@ -435,7 +450,21 @@ class VigilConfig(BaseSettings):
         # The environment wins over the file (passed as init values).
         return env_settings, init_settings
 
+    @cached_property
+    def pack_rules(self) -> dict[str, MetricRule]:
+        """The type and direction of every metric a watch's pack brings, by metric name: they come first."""
+        from engine.packs import load_pack
+
+        return {
+            m.name: MetricRule(match=re.escape(m.name), type=m.type, direction=m.direction)
+            for watch in self.poller.watches
+            for name in watch.pack
+            for m in load_pack(name)
+        }
+
     def rule_for(self, metric: str) -> MetricRule:
+        if metric in self.pack_rules:
+            return self.pack_rules[metric]
         for rule in self.rules:
             if rule.pattern.fullmatch(metric):
                 return rule

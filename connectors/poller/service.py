@@ -111,7 +111,7 @@ class Poller:
             await self.stop()
             raise
         for watch in self.config.poller.watches:
-            for query in watch.queries:
+            for query in watch.all_queries:
                 task = Task(watch, query)
                 source = self.config.poller.source_of(watch).name
                 self.stats.queries[(watch.name, query.name)] = QueryStats(

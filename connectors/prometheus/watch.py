@@ -78,7 +78,7 @@ async def poll_watch(
 ) -> Poll:
     """Every query of ``watch`` over ``window``."""
     out = Poll()
-    for query in watch.queries:
+    for query in watch.all_queries:
         try:
             series, nonfinite, clashes = await poll_query(client, watch, query, labels, window)
         except QueryError as exc:

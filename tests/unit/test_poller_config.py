@@ -123,10 +123,15 @@ def test_a_watch_names_its_source(tmp_path: Path) -> None:
     ("extra", "expected"),
     [
         ("      service: c\n      source: nope\n" + QUERY, "no source named 'nope'"),
-        ("      service: c\n", "at least one query"),
+        ("      service: c\n", "a pack or at least one query"),
         (QUERY, "a watch needs a service"),
         ("      selector: '{a=\"b\"}'\n" + QUERY, "selector watches are not built yet"),
-        ("      service: c\n      pack: [http]\n" + QUERY, "metric packs are not built yet"),
+        ("      service: c\n      pack: [nope]\n", "pack.0: Input should be 'http', 'grpc'"),
+        ("      service: c\n      pack: [http, http]\n", "a pack is named twice"),
+        (
+            "      service: c\n      pack: [http]\n      queries: [{name: http_error_ratio, query: up}]\n",
+            "twice: ['http_error_ratio']",
+        ),
         ("      service: c\n      step_s: 0\n" + QUERY, "step_s: Input should be greater than or equal to 1"),
         ("      service: c\n      interval_s: -1\n" + QUERY, "interval_s"),
         ("      service: c\n      lookback_s: x\n" + QUERY, "lookback_s: Input should be a valid integer"),
@@ -161,6 +166,22 @@ def test_the_commented_example_in_the_shipped_config_is_valid(tmp_path: Path) ->
     config = load(tmp_path, "\n".join(lines) + "\n")
     poller = config.poller  # type: ignore[attr-defined]
     assert [s.name for s in poller.sources] == ["main"]
-    assert [(w.name, w.service, [q.name for q in w.queries]) for w in poller.watches] == [
-        ("checkout", "checkout", ["error_ratio"])
+    assert [(w.name, w.service, w.pack, [q.name for q in w.queries]) for w in poller.watches] == [
+        ("checkout", "checkout", ("http", "process"), ["error_ratio"])
     ]
+
+
+def test_a_pack_brings_its_queries_types_and_directions(tmp_path: Path) -> None:
+    config = load(tmp_path, WATCH + "      service: checkout\n      pack: [http, process]\n" + QUERY)
+    watch = config.poller.watches[0]  # type: ignore[attr-defined]
+    names = [q.name for q in watch.all_queries]
+    assert names[:3] == ["error_ratio", "http_request_rate", "http_error_ratio"]
+    assert "process_restarts" in names
+    rendered = watch.render(watch.all_queries[2], config.labels)  # type: ignore[attr-defined]
+    assert rendered.startswith(
+        'sum by (instance) (rate(http_requests_total{ job="checkout",code=~"5.." }[1m]))'
+    )
+    assert "{{" not in rendered
+    rule = config.rule_for("process_memory_bytes")  # type: ignore[attr-defined]
+    assert (rule.type, rule.direction) == ("saturation", "higher")
+    assert config.rule_for("http_request_rate").direction == "both"  # type: ignore[attr-defined]
