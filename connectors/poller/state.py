@@ -16,7 +16,7 @@ import logging
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.kafka import TOPIC_WAIT_S
+from connectors.kafka import topic_partitions
 from engine.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,9 @@ class Watermarks:
         )
         await consumer.start()
         try:
-            partitions = await self._partitions(consumer)
-            tps = [TopicPartition(self.topic, p) for p in partitions]
+            # the producer's metadata lookup waits for a topic created a moment ago
+            count = await topic_partitions(self._producer, self.topic)
+            tps = [TopicPartition(self.topic, p) for p in range(count)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
@@ -83,17 +84,6 @@ class Watermarks:
         finally:
             await consumer.stop()
         return self.marks
-
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
-        deadline = asyncio.get_running_loop().time() + TOPIC_WAIT_S
-        while True:
-            found = consumer.partitions_for_topic(self.topic)
-            if found:
-                return set(found)
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"topic {self.topic} does not exist")
-            await consumer.force_metadata_update()
-            await asyncio.sleep(0.2)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:

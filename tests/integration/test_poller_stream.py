@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import random
 import re
 import subprocess
@@ -29,7 +30,7 @@ from connectors.broker import EmbeddedBroker
 from connectors.poller import Poller
 from connectors.poller.metrics import poller_registry
 from engine.config import PollerConfig, VigilConfig
-from tests.conftest import config_env, isolated_config, read_topic
+from tests.conftest import Broker, config_env, isolated_config, read_topic
 from tests.fixtures.prometheus import Prometheus
 from tests.fixtures.tsdb import Labels, openmetrics, prometheus_with, wait_ready
 from tests.integration.processes import default_signals
@@ -176,9 +177,15 @@ def config(broker: EmbeddedBroker) -> VigilConfig:
     return isolated_config(broker)
 
 
+@pytest.fixture
+def any_config(any_broker: Broker) -> VigilConfig:
+    return isolated_config(any_broker)
+
+
 async def test_stopped_mid_backfill_and_restarted_emits_each_sample_once(
-    config: VigilConfig, prometheus: Prometheus, tmp_path: Path
+    any_config: VigilConfig, prometheus: Prometheus, tmp_path: Path
 ) -> None:
+    config = any_config
     lookback = NOW - D0 + 600  # ten minutes before the data: those steps have none
     section = poller_section(prometheus.url, lookback_s=lookback) | {"metrics_port": 0}
     k = config.kafka
@@ -277,3 +284,36 @@ async def test_prometheus_down_then_up_the_gap_is_backfilled(
     assert 'vigil_poller_query_disabled{query="broken",watch="checkout"} 1.0' in text
     assert re.search(r'vigil_poller_errors_total\{kind="connection",source="main"\} [1-9]', text)
     assert 'vigil_poller_queries_total{outcome="failed",query="value",watch="checkout"}' in text
+
+
+def vigil_run(config_file: Path, state_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vigil", "run", "-c", str(config_file)],
+        env=dict(os.environ, VIGIL_STATE_DIR=str(state_dir)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=default_signals,
+    )
+
+
+async def test_vigil_run_runs_the_poller_when_enabled(prometheus: Prometheus, tmp_path: Path) -> None:
+    section = poller_section(prometheus.url, lookback_s=60) | {"enabled": True, "metrics_port": 0}
+    path = tmp_path / "vigil.yaml"
+    path.write_text(yaml.safe_dump({"receiver": {"port": 0}, "poller": section}))
+    process = vigil_run(path, tmp_path)
+    try:
+        state = tmp_path / "embedded.json"
+        await until(state.exists, 30, "vigil run to start its broker")
+        bootstrap = orjson.loads(state.read_bytes())["bootstrap_servers"]
+        records = await read_topic(
+            bootstrap, "vigil.samples", lambda r: sum(len(x["series"]) for x in r) >= 2, 60
+        )
+        process.terminate()
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    instances = {s["instance"] for r in records for s in r["series"]}
+    assert instances == {"a:1", "b:2"}
+    assert all((r["v"], r["kind"]) == (2, "prepared") for r in records)
