@@ -325,7 +325,12 @@ class WatchConfig(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     source: str | None = Field(default=None, description="a source's name; default: the first source")
     service: str | None = Field(default=None, min_length=1, max_length=4096)
-    selector: str | None = None
+    selector: str | None = Field(
+        default=None,
+        pattern=r"^\{[^{}]*[^{}\s][^{}]*\}$",
+        max_length=4096,
+        description="e.g. '{namespace=\"shop\"}': one watch per value of the service label it matches",
+    )
     pack: tuple[PackName, ...] = Field(default=(), description="built-in metric packs")
     queries: tuple[QueryConfig, ...] = ()
     step_s: int = Field(default=15, ge=1, le=86_400, description="resolution: one sample per step")
@@ -335,12 +340,14 @@ class WatchConfig(Frozen):
 
     @model_validator(mode="after")
     def _what(self) -> WatchConfig:
-        if self.selector is not None:
-            raise ValueError("selector watches are not built yet: name the service")
-        if self.service is None:
-            raise ValueError("a watch needs a service")
+        if (self.service is None) == (self.selector is None):
+            raise ValueError("a watch needs a service or a selector (one of them)")
         if not self.queries and not self.pack:
             raise ValueError("a watch needs a pack or at least one query")
+        if self.selector is not None:
+            alike = [q.name for q in self.queries if "{{service}}" not in q.query]
+            if alike:
+                raise ValueError(f"in a selector watch every query needs {{{{service}}}}; not in {alike}")
         if len(set(self.pack)) != len(self.pack):
             raise ValueError(f"a pack is named twice: {list(self.pack)}")
         names = [q.name for q in self.all_queries]
@@ -359,13 +366,33 @@ class WatchConfig(Frozen):
         )
         return (*self.queries, *packed)
 
+    @property
+    def matchers(self) -> str:
+        """The selector's matchers as ``{{selector}}`` takes them: each after a comma; "" without one.
+
+        >>> WatchConfig(name="w", selector='{ namespace="shop" }', pack=("http",)).matchers
+        ',namespace="shop"'
+        """
+        inner = (self.selector or "{}")[1:-1].strip().strip(",").strip()
+        return f",{inner}" if inner else ""
+
+    @property
+    def label(self) -> str:
+        """How logs, metrics and watermarks name this watch: ``name``, or ``name/service`` for one service
+        of a selector watch."""
+        return self.name if self.selector is None or self.service is None else f"{self.name}/{self.service}"
+
+    def for_service(self, service: str) -> WatchConfig:
+        """One service of a selector watch (the selector stays: its matchers fill ``{{selector}}``)."""
+        return self.model_copy(update={"service": service})
+
     def render(self, query: QueryConfig, labels: LabelsConfig) -> str:
-        """The query with its :data:`PLACEHOLDERS` filled in (the selector is empty)."""
+        """The query with its :data:`PLACEHOLDERS` filled in."""
         return (
             query.query.replace("{{service}}", self.service or "")
             .replace("{{service_label}}", labels.service)
             .replace("{{instance_label}}", labels.instance)
-            .replace("{{selector}}", "")
+            .replace("{{selector}}", self.matchers)
         )
 
 
@@ -381,6 +408,9 @@ class PollerConfig(Frozen):
     watches: tuple[WatchConfig, ...] = ()
     chunk_steps: int = Field(
         default=1000, ge=1, le=11_000, description="steps per request while catching up (backfill)"
+    )
+    discover_interval_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="how often selector watches look for new services"
     )
     metrics_enabled: bool = Field(default=True, description="false: the poller opens no port at all")
     metrics_host: str = "127.0.0.1"

@@ -9,8 +9,8 @@ from typing import TextIO
 
 import orjson
 
-from connectors.prometheus import PrometheusClient, Window, aligned
-from connectors.prometheus.watch import Poll, poll_watch, window_of
+from connectors.prometheus import PrometheusClient, QueryError, Window, aligned
+from connectors.prometheus.watch import Poll, poll_watch, services_of, window_of
 from engine.config import VigilConfig, WatchConfig
 from engine.errors import VigilError
 from engine.samples import Series
@@ -72,11 +72,20 @@ async def poll_once(
             err.write(f"watch {watch.name}: no step of {watch.step_s}s falls in the range\n")
             continue
         async with PrometheusClient(config.poller.source_of(watch)) as client:
-            poll = await poll_watch(client, watch, config.labels, window)
-        for series in poll.series:
-            out.write(json_line(series) if as_json else text_line(watch, series))
-        report(watch, window, poll, err)
-        failed += len(poll.failed)
+            try:
+                services = await services_of(client, watch, config.labels, window)
+            except QueryError as exc:
+                err.write(f"watch {watch.name}: selector {watch.selector}: {exc.kind}: {exc}\n")
+                failed += 1
+                continue
+            if not services:
+                err.write(f"watch {watch.name}: no series match {watch.selector}\n")
+            for one in services:
+                poll = await poll_watch(client, one, config.labels, window)
+                for series in poll.series:
+                    out.write(json_line(series) if as_json else text_line(one, series))
+                report(one, window, poll, err)
+                failed += len(poll.failed)
     out.flush()
     return 1 if failed else 0
 
@@ -106,12 +115,12 @@ def text_line(watch: WatchConfig, series: Series) -> str:
 def report(watch: WatchConfig, window: Window, poll: Poll, err: TextIO) -> None:
     """Diagnostics on stderr: the window, and each failed, empty or clipped query."""
     err.write(
-        f"watch {watch.name}: {_iso(window.start_ms)} .. {_iso(window.last_ms)} every {watch.step_s}s, "
+        f"watch {watch.label}: {_iso(window.start_ms)} .. {_iso(window.last_ms)} every {watch.step_s}s, "
         f"{len(poll.series)} series, {sum(len(s.points) for s in poll.series)} points, "
         f"{poll.nonfinite} NaN/Inf left out\n"
     )
     for name, exc in poll.failed.items():
         what = "rejected, fix the query" if not exc.retriable else "failed after retries"
-        err.write(f"watch {watch.name}: query {name}: {what} ({exc.kind}): {exc}\n")
+        err.write(f"watch {watch.label}: query {name}: {what} ({exc.kind}): {exc}\n")
     for name in poll.empty:
-        err.write(f"watch {watch.name}: query {name}: no data in the window\n")
+        err.write(f"watch {watch.label}: query {name}: no data in the window\n")

@@ -33,7 +33,7 @@ from connectors.metrics import MetricsServer
 from connectors.poller.metrics import PollerStats, QueryStats, poller_registry
 from connectors.poller.state import Watermarks, state_key
 from connectors.prometheus import PrometheusClient, QueryError, Window, aligned, split
-from connectors.prometheus.watch import poll_query
+from connectors.prometheus.watch import poll_query, services_of
 from engine import events
 from engine.config import QueryConfig, VigilConfig, WatchConfig
 from engine.errors import VigilError
@@ -54,7 +54,7 @@ class Task:
 
     @property
     def key(self) -> bytes:
-        return state_key(self.watch.name, self.query.name)
+        return state_key(self.watch.label, self.query.name)
 
 
 def messages(series: list[Series], limit: int = MESSAGE_POINTS) -> Iterator[bytes]:
@@ -111,21 +111,52 @@ class Poller:
             await self.stop()
             raise
         for watch in self.config.poller.watches:
-            for query in watch.all_queries:
-                task = Task(watch, query)
-                source = self.config.poller.source_of(watch).name
-                self.stats.queries[(watch.name, query.name)] = QueryStats(
-                    source, watermark_ms=self._marks.marks.get(task.key)
-                )
-                self._tasks.append(
-                    asyncio.create_task(self._follow(task), name=f"poll {watch.name}/{query.name}")
-                )
-        log.info("poller: %d queries of %d watches", len(self._tasks), len(self.config.poller.watches))
+            if watch.selector is None:
+                self._watch(watch)
+            else:
+                self._tasks.append(asyncio.create_task(self._discover(watch), name=f"discover {watch.name}"))
+        log.info("poller: %d watches", len(self.config.poller.watches))
+
+    def _watch(self, watch: WatchConfig) -> None:
+        """Start following every query of one (service) watch."""
+        assert self._marks is not None
+        source = self.config.poller.source_of(watch).name
+        for query in watch.all_queries:
+            task = Task(watch, query)
+            self.stats.queries[(watch.label, query.name)] = QueryStats(
+                source, watermark_ms=self._marks.marks.get(task.key)
+            )
+            self._tasks.append(
+                asyncio.create_task(self._follow(task), name=f"poll {watch.label}/{query.name}")
+            )
+
+    async def _discover(self, watch: WatchConfig) -> None:
+        """A selector watch: look for services every ``discover_interval_s``; follow each new one."""
+        client = self._clients[self.config.poller.source_of(watch).name]
+        known: set[str] = set()
+        while not self._stopping.is_set():
+            now = int(time.time() * 1000)
+            window = Window(now - (watch.lookback_s + watch.delay_s) * 1000, now, watch.step_s * 1000)
+            try:
+                found = await services_of(client, watch, self.config.labels, window)
+            except QueryError as exc:
+                if not exc.retriable:
+                    await self._refused(watch, "(selector)", exc)
+                    return
+                log.warning("watch %s: selector %s: %s; looking again later", watch.name, watch.selector, exc)
+                found = []
+            for one in found:
+                if one.service not in known and not self._stopping.is_set():
+                    known.add(one.service or "")
+                    log.info("watch %s: following service %s", watch.name, one.service)
+                    self._watch(one)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.poller.discover_interval_s)
 
     async def stop(self) -> None:
         self._stopping.set()
-        tasks, self._tasks = self._tasks, []
-        if tasks:
+        while self._tasks:  # a discovery may have added tasks meanwhile: until none is left
+            tasks, self._tasks = self._tasks, []
             _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
             for task in pending:
                 task.cancel()
@@ -149,7 +180,7 @@ class Poller:
 
     async def _follow(self, task: Task) -> None:
         watch, query = task.watch, task.query
-        stats = self.stats.queries[(watch.name, query.name)]
+        stats = self.stats.queries[(watch.label, query.name)]
         while not self._stopping.is_set():
             try:
                 window = self._next_window(task, int(time.time() * 1000))
@@ -165,14 +196,14 @@ class Poller:
                 stats.failed += 1
                 log.warning(
                     "watch %s: query %s: %s; asking again in %gs",
-                    watch.name,
+                    watch.label,
                     query.name,
                     exc,
                     watch.interval_s,
                 )
             except Exception:  # a bug in one query's loop must not end the others
                 stats.failed += 1
-                log.exception("watch %s: query %s: unexpected error; asking again", watch.name, query.name)
+                log.exception("watch %s: query %s: unexpected error; asking again", watch.label, query.name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), watch.interval_s)
 
@@ -217,18 +248,22 @@ class Poller:
 
     async def _disable(self, task: Task, exc: QueryError, stats: QueryStats) -> None:
         stats.disabled = True
-        source = self.config.poller.source_of(task.watch).name
+        await self._refused(task.watch, task.query.name, exc)
+
+    async def _refused(self, watch: WatchConfig, what: str, exc: QueryError) -> None:
+        """Log a query (or selector) the source rejected, and publish a ``vigil.source.error`` event."""
+        source = self.config.poller.source_of(watch).name
         log.error(
             "watch %s: query %s: source %s rejected it (%s): %s; not asking it again until restart — fix the "
             "query",
-            task.watch.name,
-            task.query.name,
+            watch.label,
+            what,
             source,
             exc.kind,
             exc,
         )
         event = events.source_error_event(
-            source, task.watch.name, task.query.name, exc.kind.value, str(exc), int(time.time() * 1000)
+            source, watch.label, what, exc.kind.value, str(exc), int(time.time() * 1000)
         )
         assert self._producer is not None
         try:

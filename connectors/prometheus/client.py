@@ -17,19 +17,22 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 
 from connectors.prometheus.auth import Credentials, ssl_context
 from connectors.prometheus.errors import ErrorKind, QueryError, kind_of_status
-from connectors.prometheus.response import RangeResult, RangeSeries, error_message, parse_range
+from connectors.prometheus.response import RangeResult, RangeSeries, error_message, parse_range, parse_values
 from connectors.prometheus.windows import MAX_POINTS, Window, seconds, split
 from engine.config import SourceConfig
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 #: A ``Retry-After`` longer than this is cut to it: one query must not stall the poller for hours.
 MAX_RETRY_AFTER_S: Final = 300.0
 
@@ -99,7 +102,7 @@ class PrometheusClient:
     async def query_range(self, query: str, window: Window, *, name: str = "") -> RangeResult:
         """Every series ``query`` gives at the steps of ``window``, in time order, NaN/±Inf left out."""
         # One piece after the other: a failure stops the rest, and memory holds one answer at a time.
-        pieces = [await self._with_retries(query, piece, name) for piece in split(window, self.max_points)]
+        pieces = [await self._range(query, piece, name) for piece in split(window, self.max_points)]
         joined: dict[tuple[tuple[str, str], ...], RangeSeries] = {}
         out = RangeResult()
         for piece in pieces:
@@ -114,12 +117,35 @@ class PrometheusClient:
         out.series = list(joined.values())
         return out
 
-    async def _with_retries(self, query: str, window: Window, name: str) -> RangeResult:
+    async def label_values(self, label: str, match: str, window: Window, *, name: str = "") -> list[str]:
+        """The values of ``label`` on series matching the selector ``match`` within ``window``."""
+        form = {"match[]": match, "start": seconds(window.start_ms), "end": seconds(window.end_ms)}
+        path = f"/api/v1/label/{quote(label, safe='')}/values"
+        return await self._retrying(name, lambda: self._values_once(path, form))
+
+    async def _range(self, query: str, window: Window, name: str) -> RangeResult:
+        form = {
+            "query": query,
+            "start": seconds(window.start_ms),
+            "end": seconds(window.end_ms),
+            "step": seconds(window.step_ms),
+            "timeout": f"{self.source.timeout_s:g}s",
+        }
+        result = await self._retrying(name, lambda: self._range_once(form))
+        self.stats.points += result.points
+        self.stats.nonfinite += result.nonfinite
+        self.stats.warnings += len(result.warnings)
+        for warning in result.warnings:
+            log.warning("source %s: query %s: Prometheus warns: %s", self.source.name, name or "-", warning)
+        return result
+
+    async def _retrying(self, name: str, once: Callable[[], Awaitable[T]]) -> T:
+        """``once()`` under the concurrency limit, again after a backoff while it fails retriably."""
         attempt = 0
         while True:
             try:
                 async with self._limit:
-                    result = await self._once(query, window)
+                    return await once()
             except QueryError as exc:
                 self.stats.errors[exc.kind] += 1
                 if not exc.retriable or attempt >= self.source.retries:
@@ -137,37 +163,40 @@ class PrometheusClient:
                 attempt += 1
                 self.stats.retries += 1
                 await asyncio.sleep(delay)
-                continue
-            self.stats.points += result.points
-            self.stats.nonfinite += result.nonfinite
-            self.stats.warnings += len(result.warnings)
-            for warning in result.warnings:
-                log.warning(
-                    "source %s: query %s: Prometheus warns: %s", self.source.name, name or "-", warning
-                )
-            return result
 
     def _backoff(self, attempt: int, at_least: float | None) -> float:
         ceiling = min(self.source.max_backoff_s, self.source.backoff_s * 2.0**attempt)
         delay = ceiling * self._random.uniform(0.5, 1.0)
         return max(delay, at_least or 0.0)
 
-    async def _once(self, query: str, window: Window) -> RangeResult:
+    async def _range_once(self, form: dict[str, str]) -> RangeResult:
+        body = await self._request("/api/v1/query_range", form)
+        try:
+            result = parse_range(body)
+        except QueryError as exc:
+            raise QueryError(exc.kind, self._credentials.scrub(str(exc))) from None
+        result.warnings = [self._credentials.scrub(w) for w in result.warnings]
+        return result
+
+    async def _values_once(self, path: str, form: dict[str, str]) -> list[str]:
+        body = await self._request(path, form, post=False)
+        try:
+            return parse_values(body)
+        except QueryError as exc:
+            raise QueryError(exc.kind, self._credentials.scrub(str(exc))) from None
+
+    async def _request(self, path: str, form: dict[str, str], *, post: bool = True) -> bytes:
+        """The body of a 200 answer to a POST of ``form`` (or a GET with it as parameters: Prometheus takes
+        label values by GET only); :class:`QueryError` for anything else."""
         if self._session is None:
             raise RuntimeError("PrometheusClient.start() first")
         self.stats.requests += 1
-        form = {
-            "query": query,
-            "start": seconds(window.start_ms),
-            "end": seconds(window.end_ms),
-            "step": seconds(window.step_ms),
-            "timeout": f"{self.source.timeout_s:g}s",
-        }
-        url = f"{self.source.base_url}/api/v1/query_range"
         try:
-            async with self._session.post(
-                url,
-                data=form,
+            async with self._session.request(
+                "POST" if post else "GET",
+                f"{self.source.base_url}{path}",
+                data=form if post else None,
+                params=None if post else form,
                 headers=self._credentials.headers(),
                 timeout=aiohttp.ClientTimeout(total=self.source.timeout_s),
             ) as response:
@@ -185,12 +214,7 @@ class PrometheusClient:
             kind = kind_of_status(status)
             message = self._credentials.scrub(error_message(body))
             raise QueryError(kind, f"HTTP {status}: {message}", retry_after_s=wait)
-        try:
-            result = parse_range(body)
-        except QueryError as exc:
-            raise QueryError(exc.kind, self._credentials.scrub(str(exc))) from None
-        result.warnings = [self._credentials.scrub(w) for w in result.warnings]
-        return result
+        return body
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         limit = self.source.max_response_bytes

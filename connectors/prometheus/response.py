@@ -119,3 +119,34 @@ def _series(item: Any, out: RangeResult) -> RangeSeries:
         else:
             out.nonfinite += 1
     return RangeSeries(labels, points)
+
+
+#: Bounds on a label-values answer (service discovery): more is a selector far too broad.
+MAX_VALUES = 10_000
+MAX_VALUE_LENGTH = 4096
+
+
+def parse_values(body: bytes) -> list[str]:
+    """The values of a ``/api/v1/label/<name>/values`` answer: a bounded list of strings.
+
+    >>> parse_values(b'{"status":"success","data":["cart","checkout"]}')
+    ['cart', 'checkout']
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"invalid JSON ({exc.msg} at byte {exc.pos} of {len(body)})") from None
+    if not isinstance(doc, dict) or doc.get("status") != "success":
+        if isinstance(doc, dict) and doc.get("status") == "error":
+            raise QueryError(ErrorKind.REJECTED, error_message(body))
+        raise _bad("not a successful label values answer")
+    values = doc.get("data")
+    if not isinstance(values, list) or not all(type(v) is str for v in values):
+        raise _bad("'data' is not a list of strings")
+    if len(values) > MAX_VALUES:
+        raise QueryError(
+            ErrorKind.TOO_LARGE, f"{len(values)} values, at most {MAX_VALUES}: narrow the selector"
+        )
+    if any(not v or len(v) > MAX_VALUE_LENGTH for v in values):
+        raise _bad(f"a value is empty or longer than {MAX_VALUE_LENGTH} characters")
+    return values

@@ -48,7 +48,7 @@ async def poll_query(
     client: PrometheusClient, watch: WatchConfig, query: QueryConfig, labels: LabelsConfig, window: Window
 ) -> tuple[list[Series], int, int]:
     """The series of one query, NaN/±Inf left out (how many), and how many clashed on an instance."""
-    result = await client.query_range(watch.render(query, labels), window, name=f"{watch.name}/{query.name}")
+    result = await client.query_range(watch.render(query, labels), window, name=f"{watch.label}/{query.name}")
     service = watch.service or ""
     seen: set[str] = set()
     out: list[Series] = []
@@ -65,7 +65,7 @@ async def poll_query(
         log.warning(
             "watch %s: query %s: %d result series share an instance label value with another; only the "
             "first of each is used (aggregate by %s)",
-            watch.name,
+            watch.label,
             query.name,
             clashes,
             labels.instance,
@@ -90,3 +90,14 @@ async def poll_watch(
         if not series:
             out.empty.append(query.name)
     return out
+
+
+async def services_of(
+    client: PrometheusClient, watch: WatchConfig, labels: LabelsConfig, window: Window
+) -> list[WatchConfig]:
+    """The watch itself, or for a selector watch one watch per value of the service label among the
+    series the selector matches in ``window`` (sorted)."""
+    if watch.selector is None:
+        return [watch]
+    found = await client.label_values(labels.service, watch.selector, window, name=f"{watch.name} (selector)")
+    return [watch.for_service(value) for value in sorted(found)]

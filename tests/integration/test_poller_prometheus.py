@@ -153,3 +153,41 @@ async def test_many_splits_lose_and_repeat_nothing(
         assert got[instance] == [p for p in points if p[0] <= last * 1000]
     assert client.stats.requests == -(-window.points // max_points)
     assert ErrorKind.REJECTED not in client.stats.errors
+
+
+def test_a_selector_watch_polls_each_service_it_finds(prometheus: Prometheus, tmp_path: Path) -> None:
+    path = tmp_path / "vigil.yaml"
+    query = {"name": "value", "query": 'vigil_test_value{job="{{service}}"{{selector}}}'}
+    watch = {"name": "all", "selector": '{job=~".+"}', "step_s": STEP, "queries": [query]}
+    path.write_text(
+        yaml.safe_dump({"poller": {"sources": [{"name": "main", "url": prometheus.url}], "watches": [watch]}})
+    )
+    done = vigil_poll(path, "--json", "--start", iso(T0), "--end", iso(T0 + 99 * STEP))
+    assert done.returncode == 0, done.stderr
+    got = {(d["service"], d["instance"]): d["points"] for d in map(orjson.loads, done.stdout.splitlines())}
+    want = {
+        (dict(labels)["job"], dict(labels).get("instance", "")): [
+            [t * 1000, v] for t, v in samples[:100] if math.isfinite(v)
+        ]
+        for labels, samples in DATA.items()
+    }
+    assert (
+        sorted(got)
+        == sorted(want)
+        == [("checkout", ""), ("checkout", "a:1"), ("checkout", "b:2"), ("other", "a:1")]
+    )
+    assert got == want
+    assert "watch all/other:" in done.stderr
+
+
+def test_a_selector_that_matches_nothing_says_so(prometheus: Prometheus, tmp_path: Path) -> None:
+    path = tmp_path / "vigil.yaml"
+    query = {"name": "value", "query": 'vigil_test_value{job="{{service}}"}'}
+    watch = {"name": "none", "selector": '{job="nobody"}', "step_s": STEP, "queries": [query]}
+    path.write_text(
+        yaml.safe_dump({"poller": {"sources": [{"name": "main", "url": prometheus.url}], "watches": [watch]}})
+    )
+    done = vigil_poll(path, "--json", "--start", iso(T0), "--end", iso(T0 + 60))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert 'watch none: no series match {job="nobody"}' in done.stderr

@@ -317,3 +317,26 @@ async def test_vigil_run_runs_the_poller_when_enabled(prometheus: Prometheus, tm
     instances = {s["instance"] for r in records for s in r["series"]}
     assert instances == {"a:1", "b:2"}
     assert all((r["v"], r["kind"]) == (2, "prepared") for r in records)
+
+
+async def test_a_selector_watch_follows_the_services_it_finds(
+    config: VigilConfig, prometheus: Prometheus
+) -> None:
+    section = poller_section(prometheus.url, lookback_s=20)
+    section["watches"][0] |= {"service": None, "selector": '{job=~"check.+"}'}
+    config = config.model_copy(update={"poller": PollerConfig(**section)})
+    poller = Poller(config)
+    async with Samples(config) as samples:
+        await poller.start()
+        try:
+            await until(
+                lambda: samples.newest() >= (time.time() - 3) * 1000, 30, "the discovered service's samples"
+            )
+        finally:
+            await poller.stop()
+        await until_stable(samples)
+    assert list(poller.stats.queries) == [("checkout/checkout", "value")]
+    first = min(t for p in samples.points.values() for t, _ in p)
+    assert_exactly_once(
+        samples, first, poller.stats.queries[("checkout/checkout", "value")].watermark_ms or 0, at_least=15
+    )

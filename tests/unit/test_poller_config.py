@@ -124,8 +124,14 @@ def test_a_watch_names_its_source(tmp_path: Path) -> None:
     [
         ("      service: c\n      source: nope\n" + QUERY, "no source named 'nope'"),
         ("      service: c\n", "a pack or at least one query"),
-        (QUERY, "a watch needs a service"),
-        ("      selector: '{a=\"b\"}'\n" + QUERY, "selector watches are not built yet"),
+        (QUERY, "a watch needs a service or a selector (one of them)"),
+        ("      service: c\n      selector: '{a=\"b\"}'\n" + QUERY, "a service or a selector (one of them)"),
+        ("      selector: 'a=\"b\"'\n" + QUERY, "selector: String should match pattern"),
+        ("      selector: '{ }'\n" + QUERY, "selector: String should match pattern"),
+        (
+            "      selector: '{a=\"b\"}'\n      queries: [{name: a, query: up}]\n",
+            "needs {{service}}; not in ['a']",
+        ),
         ("      service: c\n      pack: [nope]\n", "pack.0: Input should be 'http', 'grpc'"),
         ("      service: c\n      pack: [http, http]\n", "a pack is named twice"),
         (
@@ -185,3 +191,16 @@ def test_a_pack_brings_its_queries_types_and_directions(tmp_path: Path) -> None:
     rule = config.rule_for("process_memory_bytes")  # type: ignore[attr-defined]
     assert (rule.type, rule.direction) == ("saturation", "higher")
     assert config.rule_for("http_request_rate").direction == "both"  # type: ignore[attr-defined]
+
+
+def test_a_selector_watch_fills_the_selector_per_service(tmp_path: Path) -> None:
+    text = WATCH + '      selector: \'{namespace="shop", env="prod"}\'\n      pack: [http]\n' + QUERY
+    config = load(tmp_path, text)
+    watch = config.poller.watches[0]  # type: ignore[attr-defined]
+    assert (watch.label, watch.matchers) == ("checkout", ',namespace="shop", env="prod"')
+    cart = watch.for_service("cart")
+    assert cart.label == "checkout/cart"
+    rate = next(q for q in cart.all_queries if q.name == "http_request_rate")
+    assert cart.render(rate, config.labels) == (  # type: ignore[attr-defined]
+        'sum by (instance) (rate(http_requests_total{ job="cart",namespace="shop", env="prod" }[1m]))'
+    )

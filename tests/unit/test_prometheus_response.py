@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connectors.prometheus.errors import ErrorKind, QueryError, kind_of_status
-from connectors.prometheus.response import error_message, parse_range
+from connectors.prometheus.response import error_message, parse_range, parse_values
 
 
 def answer(result: object, result_type: str = "matrix", **extra: object) -> bytes:
@@ -132,3 +132,29 @@ def test_hostile_series_never_crash(result: list[object]) -> None:
         assert kind is ErrorKind.BAD_RESPONSE
         return
     assert all(math.isfinite(v) for s in parsed.series for _, v in s.points)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"nope", ErrorKind.BAD_RESPONSE),
+        (b'{"status":"success"}', ErrorKind.BAD_RESPONSE),
+        (b'{"status":"success","data":["a",1]}', ErrorKind.BAD_RESPONSE),
+        (b'{"status":"success","data":[""]}', ErrorKind.BAD_RESPONSE),
+        (json.dumps({"status": "success", "data": ["x" * 5000]}).encode(), ErrorKind.BAD_RESPONSE),
+        (
+            json.dumps({"status": "success", "data": [str(i) for i in range(10_001)]}).encode(),
+            ErrorKind.TOO_LARGE,
+        ),
+        (b'{"status":"error","errorType":"bad_data","error":"bad match[]"}', ErrorKind.REJECTED),
+    ],
+)
+def test_label_values_answers_are_checked(body: bytes, kind: ErrorKind) -> None:
+    with pytest.raises(QueryError) as caught:
+        parse_values(body)
+    assert caught.value.kind is kind
+
+
+def test_label_values() -> None:
+    assert parse_values(b'{"status":"success","data":[]}') == []
+    assert parse_values(b'{"status":"success","data":["cart","checkout"]}') == ["cart", "checkout"]
