@@ -10,6 +10,11 @@ A stop (SIGTERM) lets a chunk being written finish: samples and watermark go tog
 restarted poller emits every step exactly once. A crash between the two (SIGKILL, power loss) repeats at
 most that one chunk; the worker's per-series watermark drops the repeats.
 
+Several pollers share the watches with ``poller.shards`` and a distinct ``poller.shard`` each: a poller
+follows the (watch, query) whose state key hashes (murmur2, as Kafka's partitioner) to its shard, so none
+is polled twice; a poller that is down leaves its share waiting (its watermarks let it resume) until it
+is back — `vigil run` restarts it.
+
 A query the source rejects (4xx, ``bad_data``) is disabled with a log line and a ``vigil.source.error``
 event on ``vigil.verdicts``; the others go on. Other failures are retried by the client and then again
 at the next interval, without moving the watermark.
@@ -37,7 +42,7 @@ from connectors.prometheus.watch import poll_query, services_of
 from engine import events
 from engine.config import QueryConfig, VigilConfig, WatchConfig
 from engine.errors import VigilError
-from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
+from engine.samples import Series, encode_batch, family_of, murmur2, partition_for, sample_key
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +126,11 @@ class Poller:
         """Start following every query of one (service) watch."""
         assert self._marks is not None
         source = self.config.poller.source_of(watch).name
+        p = self.config.poller
         for query in watch.all_queries:
             task = Task(watch, query)
+            if murmur2(task.key) % p.shards != p.shard:
+                continue  # another poller's share
             self.stats.queries[(watch.label, query.name)] = QueryStats(
                 source, watermark_ms=self._marks.marks.get(task.key)
             )

@@ -340,3 +340,48 @@ async def test_a_selector_watch_follows_the_services_it_finds(
     assert_exactly_once(
         samples, first, poller.stats.queries[("checkout/checkout", "value")].watermark_ms or 0, at_least=15
     )
+
+
+async def test_two_shards_split_the_queries_without_polling_one_twice(
+    config: VigilConfig, prometheus: Prometheus
+) -> None:
+    names = [f"value{n}" for n in range(8)]
+    more = [{"name": n, "query": 'vigil_test_value{job="{{service}}"}'} for n in names]
+    section = poller_section(prometheus.url, lookback_s=20, more=more)
+    pollers = [
+        Poller(config.model_copy(update={"poller": PollerConfig(**section, shards=2, shard=shard)}))
+        for shard in (0, 1)
+    ]
+    for poller in pollers:
+        await poller.start()
+    try:
+        live = (time.time() - 3) * 1000
+        await until(
+            lambda: all((q.watermark_ms or 0) >= live for p in pollers for q in p.stats.queries.values()),
+            30,
+            "both shards to reach live",
+        )
+    finally:
+        for poller in pollers:
+            await poller.stop()
+    owned = [set(p.stats.queries) for p in pollers]
+    assert owned[0], owned  # both got a share
+    assert owned[1], owned
+    assert not owned[0] & owned[1]
+    assert owned[0] | owned[1] == {("checkout", n) for n in ["value", *names]}
+    sent = sum(q.points for p in pollers for q in p.stats.queries.values())
+    records = await read_topic(
+        config.kafka.bootstrap_servers,
+        config.kafka.topics.samples,
+        lambda r: sum(len(s["points"]) for x in r for s in x["series"]) >= sent,
+        30,
+    )
+    seen: dict[tuple[str, str, int], float] = {}
+    for record in records:
+        for s in record["series"]:
+            for t, v in s["points"]:
+                key = (s["metric"], s["instance"], t)
+                assert key not in seen, f"{key} emitted twice"
+                seen[key] = v
+                assert EXPECTED[s["instance"]][t] == v
+    assert len(seen) == sent

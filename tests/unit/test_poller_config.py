@@ -204,3 +204,8 @@ def test_a_selector_watch_fills_the_selector_per_service(tmp_path: Path) -> None
     assert cart.render(rate, config.labels) == (  # type: ignore[attr-defined]
         'sum by (instance) (rate(http_requests_total{ job="cart",namespace="shop", env="prod" }[1m]))'
     )
+
+
+def test_a_shard_must_be_below_shards(tmp_path: Path) -> None:
+    text = "poller:\n  shards: 2\n  shard: 2\n"
+    assert "shard must be below shards (2), got 2" in failure(tmp_path, text)
