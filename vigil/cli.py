@@ -114,7 +114,9 @@ def poller(
     try:
         run_poller(cfg)
     except VigilError as exc:
-        raise _fail(exc) from None
+        # exit 2 is a configuration error, which `vigil run` does not restart; Kafka being away is not one
+        typer.echo(f"vigil: {exc}", err=True)
+        raise typer.Exit(1 if exc.retriable else 2) from None
 
 
 @app.command()

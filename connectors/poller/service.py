@@ -41,7 +41,7 @@ from connectors.prometheus import PrometheusClient, QueryError, Window, aligned,
 from connectors.prometheus.watch import poll_query, services_of
 from engine import events
 from engine.config import QueryConfig, VigilConfig, WatchConfig
-from engine.errors import VigilError
+from engine.errors import BrokerUnavailable, VigilError
 from engine.samples import Series, encode_batch, family_of, murmur2, partition_for, sample_key
 
 log = logging.getLogger(__name__)
@@ -315,4 +315,7 @@ def run_poller(config: VigilConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(config, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka at {config.kafka.bootstrap_servers}: {exc}") from None

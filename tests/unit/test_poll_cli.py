@@ -56,3 +56,26 @@ def test_a_source_that_cannot_be_reached_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["poll", "--once", "--json", "-c", str(path)])
     assert result.exit_code == 1
     assert "query up: failed after retries (connection): cannot reach the source" in result.output
+
+
+def test_vigil_poller_without_kafka_exits_1_so_vigil_run_restarts_it(tmp_path: Path) -> None:
+    from connectors.broker import free_port
+
+    path = tmp_path / "poller.yaml"
+    poller = CONFIG.replace("poller:\n", "poller:\n  metrics_enabled: false\n")
+    path.write_text(f"kafka:\n  bootstrap_servers: 127.0.0.1:{free_port()}\n" + poller)
+    result = CliRunner().invoke(app, ["poller", "-c", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "vigil: Kafka at 127.0.0.1:" in result.output
+
+
+def test_vigil_poller_needs_a_kafka_and_watches(tmp_path: Path) -> None:
+    path = tmp_path / "none.yaml"
+    path.write_text(CONFIG)
+    result = CliRunner().invoke(app, ["poller", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "needs kafka.bootstrap_servers" in result.output
+    path.write_text("kafka:\n  bootstrap_servers: 127.0.0.1:9\n")
+    result = CliRunner().invoke(app, ["poller", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "poller.watches is empty" in result.output
