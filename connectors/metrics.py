@@ -95,7 +95,10 @@ class MetricsServer:
     """``/metrics`` over HTTP. :meth:`bind` opens the port early, so a taken port is a clear error at
     start-up; :meth:`serve` answers until it is cancelled (in a worker: once table recovery is done)."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, host: str, port: int, *, setting: str = "worker.metrics_port"
+    ) -> None:
+        self.setting = setting  # the key that names the port, for the error message
         self.registry = registry
         self.host = host
         self.port = port
@@ -116,9 +119,10 @@ class MetricsServer:
             sock.listen(128)
         except OSError as exc:
             sock.close()
-            hint = " (in use: set worker.metrics_port to another port, or 0 for any)"
+            hint = f" (in use: set {self.setting} to another port, or 0 for any)"
+            what = self.setting.split(".")[0]
             raise ConfigError(
-                f"worker metrics cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+                f"{what} metrics cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
                 + (hint if exc.errno == errno.EADDRINUSE else "")
             ) from None
         self._sock = sock

@@ -72,6 +72,8 @@ class Topics(Frozen):
     deadletter: str = "vigil.deadletter"
     #: compacted, keyed by metric family: remote-write metadata (types), read by every worker
     metadata: str = "vigil.metadata"
+    #: compacted, keyed by (watch, query): the poller's watermark, the last step it emitted completely
+    poller_state: str = "vigil.poller-state"
 
 
 class KafkaConfig(Frozen):
@@ -222,10 +224,221 @@ class ReceiverConfig(Frozen):
         return value
 
 
-class PollerConfig(Frozen):
-    """Reserved for the PromQL poller (not built yet): must stay disabled."""
+class SourceTLSConfig(Frozen):
+    ca_file: Path | None = Field(default=None, description="CA bundle to verify the server with")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = None
+    insecure_skip_verify: bool = Field(default=False, description="do not verify the server (tests only)")
 
-    enabled: Literal[False] = False
+    @model_validator(mode="after")
+    def _both_or_none(self) -> SourceTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls needs both cert_file and key_file, or neither")
+        return self
+
+
+class SourceConfig(Frozen):
+    """A Prometheus (or anything with its HTTP query API: Thanos, Mimir, VictoriaMetrics, Cortex).
+
+    A secret is given at most one way: inline, ``*_file`` (read again on every request, so a rotated token
+    is picked up) or ``*_env`` (the name of an environment variable).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    url: str = Field(description="base URL, e.g. http://127.0.0.1:9090 or https://mimir/prometheus")
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    bearer_token_env: str | None = None
+    basic_username: str | None = None
+    basic_password: SecretStr | None = None
+    basic_password_file: Path | None = None
+    basic_password_env: str | None = None
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="sent with every request, e.g. X-Scope-OrgID (values masked)"
+    )
+    tls: SourceTLSConfig = SourceTLSConfig()
+    timeout_s: float = Field(default=30.0, gt=0, le=600, description="one request, answer included")
+    max_concurrency: int = Field(default=4, ge=1, le=64, description="requests in flight to this source")
+    retries: int = Field(default=5, ge=0, le=50, description="tries after the first on retriable errors")
+    backoff_s: float = Field(default=0.5, gt=0, le=60, description="first retry delay, doubled each time")
+    max_backoff_s: float = Field(default=30.0, gt=0, le=3600, description="longest delay between tries")
+    max_response_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="larger answers fail")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url(cls, data: Any) -> Any:
+        # Checked here, on the whole mapping, so an error never echoes a URL that may hold a password.
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        url = data["url"]
+        scheme, sep, rest = url.partition("://")
+        host = rest.split("/", 1)[0]
+        if not sep or scheme not in ("http", "https") or not host:
+            raise ValueError("url must be http://host[:port][/path] or https://...")
+        if "@" in host:
+            raise ValueError("url must not hold credentials: use basic_username and basic_password(_file)")
+        if "?" in rest or "#" in rest:
+            raise ValueError("url must not have a query string or fragment")
+        return data
+
+    @model_validator(mode="after")
+    def _one_way_each(self) -> SourceConfig:
+        bearer = [k for k in ("bearer_token", "bearer_token_file", "bearer_token_env") if getattr(self, k)]
+        password = [
+            k for k in ("basic_password", "basic_password_file", "basic_password_env") if getattr(self, k)
+        ]
+        if len(bearer) > 1 or len(password) > 1:
+            raise ValueError(
+                f"set a secret one way only, not {' and '.join(bearer if len(bearer) > 1 else password)}"
+            )
+        if bool(self.basic_username) != bool(password):
+            raise ValueError("basic auth needs both basic_username and basic_password(_file/_env)")
+        if bearer and password:
+            raise ValueError("set bearer_token or basic auth, not both")
+        if (bearer or password) and any(h.lower() == "authorization" for h in self.headers):
+            raise ValueError("an Authorization header and bearer/basic auth cannot both be set")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+
+#: Placeholders a query may hold, filled per watch (see :meth:`WatchConfig.render`); the selector is empty
+#: for the poller (verification puts baseline or canary matchers there).
+PLACEHOLDERS = ("{{service}}", "{{service_label}}", "{{instance_label}}", "{{selector}}")
+#: The built-in metric packs (engine/packs/*.yaml).
+PackName = Literal["http", "grpc", "process", "node", "kubernetes"]
+
+
+class QueryConfig(Frozen):
+    """One PromQL expression; its result series become samples named ``name``, one per instance."""
+
+    name: str = Field(pattern=r"^[A-Za-z_:][A-Za-z0-9_:.-]{0,199}$", description="the metric's name")
+    query: str = Field(min_length=1, max_length=16_384)
+
+
+class WatchConfig(Frozen):
+    """A service watched through PromQL: every ``interval_s`` the steps of ``step_s`` that are at least
+    ``delay_s`` old are queried; a first start backfills ``lookback_s``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    source: str | None = Field(default=None, description="a source's name; default: the first source")
+    service: str | None = Field(default=None, min_length=1, max_length=4096)
+    selector: str | None = Field(
+        default=None,
+        pattern=r"^\{[^{}]*[^{}\s][^{}]*\}$",
+        max_length=4096,
+        description="e.g. '{namespace=\"shop\"}': one watch per value of the service label it matches",
+    )
+    pack: tuple[PackName, ...] = Field(default=(), description="built-in metric packs")
+    queries: tuple[QueryConfig, ...] = ()
+    step_s: int = Field(default=15, ge=1, le=86_400, description="resolution: one sample per step")
+    interval_s: float = Field(default=15.0, gt=0, le=86_400, description="how often to poll")
+    lookback_s: int = Field(default=3600, ge=0, le=90 * 86_400, description="backfill of a first start")
+    delay_s: int = Field(default=30, ge=0, le=86_400, description="only steps this old are complete")
+
+    @model_validator(mode="after")
+    def _what(self) -> WatchConfig:
+        if (self.service is None) == (self.selector is None):
+            raise ValueError("a watch needs a service or a selector (one of them)")
+        if not self.queries and not self.pack:
+            raise ValueError("a watch needs a pack or at least one query")
+        if self.selector is not None:
+            alike = [q.name for q in self.queries if "{{service}}" not in q.query]
+            if alike:
+                raise ValueError(f"in a selector watch every query needs {{{{service}}}}; not in {alike}")
+        if len(set(self.pack)) != len(self.pack):
+            raise ValueError(f"a pack is named twice: {list(self.pack)}")
+        names = [q.name for q in self.all_queries]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"query names must be unique in a watch (packs included), twice: {twice}")
+        return self
+
+    @cached_property
+    def all_queries(self) -> tuple[QueryConfig, ...]:
+        """The explicit queries, then each pack's per-instance queries (named as the pack names them)."""
+        from engine.packs import load_pack  # the packs module reads this one's types
+
+        packed = (
+            QueryConfig(name=m.name, query=m.instance_query) for name in self.pack for m in load_pack(name)
+        )
+        return (*self.queries, *packed)
+
+    @property
+    def matchers(self) -> str:
+        """The selector's matchers as ``{{selector}}`` takes them: each after a comma; "" without one.
+
+        >>> WatchConfig(name="w", selector='{ namespace="shop" }', pack=("http",)).matchers
+        ',namespace="shop"'
+        """
+        inner = (self.selector or "{}")[1:-1].strip().strip(",").strip()
+        return f",{inner}" if inner else ""
+
+    @property
+    def label(self) -> str:
+        """How logs, metrics and watermarks name this watch: ``name``, or ``name/service`` for one service
+        of a selector watch."""
+        return self.name if self.selector is None or self.service is None else f"{self.name}/{self.service}"
+
+    def for_service(self, service: str) -> WatchConfig:
+        """One service of a selector watch (the selector stays: its matchers fill ``{{selector}}``)."""
+        return self.model_copy(update={"service": service})
+
+    def render(self, query: QueryConfig, labels: LabelsConfig) -> str:
+        """The query with its :data:`PLACEHOLDERS` filled in."""
+        return (
+            query.query.replace("{{service}}", self.service or "")
+            .replace("{{service_label}}", labels.service)
+            .replace("{{instance_label}}", labels.instance)
+            .replace("{{selector}}", self.matchers)
+        )
+
+
+class PollerConfig(Frozen):
+    """The PromQL poller: where to read (``sources``) and what to watch (``watches``).
+
+    ``enabled`` runs it in ``vigil run``; ``vigil poller`` runs it alone; ``vigil poll --once`` prints one
+    poll. It serves Prometheus metrics at ``http://metrics_host:metrics_port/metrics``.
+    """
+
+    enabled: bool = Field(default=False, description="run the poller in `vigil run` (needs watches)")
+    sources: tuple[SourceConfig, ...] = ()
+    watches: tuple[WatchConfig, ...] = ()
+    chunk_steps: int = Field(
+        default=1000, ge=1, le=11_000, description="steps per request while catching up (backfill)"
+    )
+    discover_interval_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="how often selector watches look for new services"
+    )
+    shards: int = Field(default=1, ge=1, le=1024, description="pollers sharing these watches")
+    shard: int = Field(default=0, ge=0, description="which of them this one is: 0 .. shards - 1")
+    metrics_enabled: bool = Field(default=True, description="false: the poller opens no port at all")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9204, ge=0, le=65535, description="0: any free port (printed)")
+
+    @model_validator(mode="after")
+    def _names(self) -> PollerConfig:
+        sources = [s.name for s in self.sources]
+        watches = [w.name for w in self.watches]
+        for what, names in (("source", sources), ("watch", watches)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} names must be unique, got {sorted(names)}")
+        if self.watches and not self.sources:
+            raise ValueError("watches need a source: add poller.sources")
+        if self.enabled and not self.watches:
+            raise ValueError("poller.enabled needs at least one watch")
+        if self.shard >= self.shards:
+            raise ValueError(f"shard must be below shards ({self.shards}), got {self.shard}")
+        for watch in self.watches:
+            if watch.source is not None and watch.source not in sources:
+                raise ValueError(f"watch {watch.name}: no source named {watch.source!r}, have {sources}")
+        return self
+
+    def source_of(self, watch: WatchConfig) -> SourceConfig:
+        name = watch.source or self.sources[0].name
+        return next(s for s in self.sources if s.name == name)
 
 
 class ApiConfig(Frozen):
@@ -271,7 +484,21 @@ class VigilConfig(BaseSettings):
         # The environment wins over the file (passed as init values).
         return env_settings, init_settings
 
+    @cached_property
+    def pack_rules(self) -> dict[str, MetricRule]:
+        """The type and direction of every metric a watch's pack brings, by metric name: they come first."""
+        from engine.packs import load_pack
+
+        return {
+            m.name: MetricRule(match=re.escape(m.name), type=m.type, direction=m.direction)
+            for watch in self.poller.watches
+            for name in watch.pack
+            for m in load_pack(name)
+        }
+
     def rule_for(self, metric: str) -> MetricRule:
+        if metric in self.pack_rules:
+            return self.pack_rules[metric]
         for rule in self.rules:
             if rule.pattern.fullmatch(metric):
                 return rule
@@ -315,7 +542,7 @@ def load_config(path: Path | None) -> VigilConfig:
 
 
 #: a key path with one of these in it may hold a secret: its value is never shown in an error
-SECRET_WORDS = ("auth", "token", "password", "secret", "credential")
+SECRET_WORDS = ("auth", "token", "password", "secret", "credential", "header")
 
 
 def _describe(where: str, exc: ValidationError) -> str:

@@ -66,3 +66,31 @@ def anomaly_event(
 
 def encode(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)
+
+
+SOURCE_ERROR = "source.error"
+
+
+def source_error_event(
+    source: str, watch: str, query: str, kind: str, message: str, at_ms: int
+) -> dict[str, Any]:
+    """``vigil.source.error``: a query a source refused, so the poller stopped asking it.
+
+    The id depends on what was refused and why, not on when: a poller that restarts and is refused again
+    publishes the same id.
+
+    >>> e = source_error_event("main", "checkout", "errors", "rejected", "HTTP 400: bad_data: x", 0)
+    >>> e["type"], e["subject"], e["data"]["kind"]
+    ('vigil.source.error', 'main/checkout/errors', 'rejected')
+    """
+    ident = hashlib.sha256("\x1f".join((source, watch, query, kind, message)).encode()).hexdigest()[:32]
+    return {
+        "specversion": "1.0",
+        "id": ident,
+        "source": "/vigil/poller",
+        "type": TYPE_PREFIX + SOURCE_ERROR,
+        "subject": f"{source}/{watch}/{query}",
+        "time": iso(at_ms),
+        "datacontenttype": "application/json",
+        "data": {"source": source, "watch": watch, "query": query, "kind": kind, "message": message},
+    }

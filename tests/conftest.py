@@ -78,6 +78,7 @@ def isolated_config(broker: Broker, *, replication: int = 1, **detection: Any) -
                     "verdicts": f"{n}.verdicts",
                     "deadletter": f"{n}.deadletter",
                     "metadata": f"{n}.metadata",
+                    "poller_state": f"{n}.poller-state",
                 }
             ),
         }
@@ -107,6 +108,7 @@ def config_env(config: VigilConfig) -> dict[str, str]:
         "VIGIL_KAFKA__TOPICS__DEADLETTER": k.topics.deadletter,
         "VIGIL_KAFKA__TOPICS__METADATA": k.topics.metadata,
         "VIGIL_KAFKA__ACK_TIMEOUT_S": str(k.ack_timeout_s),
+        "VIGIL_KAFKA__TOPICS__POLLER_STATE": k.topics.poller_state,
         "VIGIL_DETECTION__CHECKPOINT_INTERVAL_S": str(d.checkpoint_interval_s),
         "VIGIL_DETECTION__WARMUP": str(d.warmup),
     }

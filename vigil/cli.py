@@ -51,11 +51,16 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver."""
+    """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver, poller."""
     from vigil.supervisor import supervise
 
     cfg = _load(config)
-    raise typer.Exit(supervise(config, cfg, ["worker", "ingest"] if cfg.receiver.enabled else ["worker"]))
+    parts = [
+        "worker",
+        *(["ingest"] if cfg.receiver.enabled else []),
+        *(["poller"] if cfg.poller.enabled else []),
+    ]
+    raise typer.Exit(supervise(config, cfg, parts))
 
 
 @app.command()
@@ -92,6 +97,26 @@ def ingest(
         run_ingest(cfg)
     except VigilError as exc:
         raise _fail(exc) from None
+
+
+@app.command()
+def poller(
+    config: ConfigOption = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warn or error")] = "warn",
+) -> None:
+    """Run the PromQL poller against kafka.bootstrap_servers until SIGINT/SIGTERM."""
+    cfg = _load(config)
+    if cfg.kafka.embedded:
+        raise _fail(VigilError("`vigil poller` needs kafka.bootstrap_servers; `vigil run` starts a broker"))
+    from connectors.poller import run_poller
+
+    logging.getLogger().setLevel(loglevel.upper())
+    try:
+        run_poller(cfg)
+    except VigilError as exc:
+        # exit 2 is a configuration error, which `vigil run` does not restart; Kafka being away is not one
+        typer.echo(f"vigil: {exc}", err=True)
+        raise typer.Exit(1 if exc.retriable else 2) from None
 
 
 @app.command()
@@ -172,6 +197,32 @@ def demo(
     if seconds <= 0:
         raise _fail(VigilError("--seconds must be positive"))
     raise typer.Exit(run_demo(config, cfg, seconds))
+
+
+@app.command()
+def poll(
+    once: Annotated[bool, typer.Option("--once", help="poll each watch once and exit (required)")] = False,
+    config: ConfigOption = None,
+    watch: Annotated[str | None, typer.Option("--watch", help="only this watch")] = None,
+    start: Annotated[
+        str | None, typer.Option(help="RFC 3339 start (with --end); default: lookback_s")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="RFC 3339 end, inclusive; default: now - delay_s")] = None,
+    json: Annotated[bool, typer.Option("--json", help="only JSON lines on stdout")] = False,
+) -> None:
+    """Print what one poll of the configured watches emits, without Kafka (exit 1 if a query failed)."""
+    from vigil.poll import parse_time, poll_once
+
+    cfg = _load(config)
+    if not once:
+        raise _fail(VigilError("vigil poll needs --once (the streaming poller is not built yet)"))
+    try:
+        start_ms = None if start is None else parse_time(start, "--start")
+        end_ms = None if end is None else parse_time(end, "--end")
+        status = asyncio.run(poll_once(cfg, watch, start_ms, end_ms, as_json=json))
+    except VigilError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(status)
 
 
 @config_app.command("check")

@@ -9,6 +9,11 @@ def describe(event: dict[str, Any]) -> str:
     """One line for a CloudEvent from ``vigil.verdicts``."""
     data = event.get("data") or {}
     kind = str(event.get("type", "?")).removeprefix("vigil.")
+    if kind == "source.error" and isinstance(data, dict):
+        return (
+            f"{event.get('time', '?')}  {kind:<17} {data.get('source')}: watch {data.get('watch')} query "
+            f"{data.get('query')} disabled ({data.get('kind')}): {str(data.get('message'))[:300]}"
+        )
     where = f"{data.get('service')}/{data.get('metric')}"
     if data.get("instance"):
         where += f" [{data['instance']}]"

@@ -57,7 +57,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
             "rules.0.direction: Input should be 'higher', 'lower'",
         ),
         ("receiver:\n  tls:\n    cert_file: /x.pem\n", "tls needs both cert_file and key_file"),
-        ("poller:\n  enabled: true\n", "poller.enabled"),
+        ("poller:\n  enabled: true\n", "poller.enabled needs at least one watch"),
         ("- a\n- b\n", "expected a mapping of sections at the top, got list"),
         ("kafka: [\n", "not valid YAML"),
         (b"kafka:\n  app_id: \xff\xfe\n", "cannot read"),

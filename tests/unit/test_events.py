@@ -46,3 +46,19 @@ def test_anomaly_event_is_a_cloudevent_with_evidence() -> None:
 def test_describe_survives_odd_events() -> None:
     assert "?" in describe({})
     assert "None" in describe({"type": "vigil.x", "data": {"service": None}})
+
+
+def test_a_source_error_event_reads_well() -> None:
+    from engine.events import source_error_event
+
+    event = source_error_event(
+        "main", "checkout", "errors", "rejected", "HTTP 400: bad_data: parse error", 60_000
+    )
+    again = source_error_event(
+        "main", "checkout", "errors", "rejected", "HTTP 400: bad_data: parse error", 99
+    )
+    assert event["id"] == again["id"]  # the same refusal after a restart is the same event
+    assert describe(event) == (
+        "1970-01-01T00:01:00.000Z  source.error      main: watch checkout query errors disabled (rejected): "
+        "HTTP 400: bad_data: parse error"
+    )

@@ -1,0 +1,387 @@
+"""The streaming poller on the embedded broker against a real Prometheus holding known data around now:
+stopped mid-backfill and started again it emits every stored sample exactly once; with Prometheus down
+for a while and back, the gap is backfilled; a rejected query is disabled with a ``vigil.source.error``
+event while the other goes on; its metrics port serves ``vigil_poller_*``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import generate_latest
+
+from connectors.broker import EmbeddedBroker
+from connectors.poller import Poller
+from connectors.poller.metrics import poller_registry
+from engine.config import PollerConfig, VigilConfig
+from tests.conftest import Broker, config_env, isolated_config, read_topic
+from tests.fixtures.prometheus import Prometheus
+from tests.fixtures.tsdb import Labels, openmetrics, prometheus_with, wait_ready
+from tests.integration.processes import default_signals
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+NOW = int(time.time())
+D0 = NOW - 2 * 3600  # data from two hours ago ...
+D1 = NOW + 3600  # ... to an hour ahead, one sample a second: every step the poller reaches has one
+
+
+def known_data() -> dict[Labels, list[tuple[int, float]]]:
+    rng = random.Random(5)
+    ts = range(D0, D1 + 1)
+    return {
+        (("instance", "a:1"), ("job", "checkout")): [(t, rng.uniform(-1e3, 1e3)) for t in ts],
+        (("instance", "b:2"), ("job", "checkout")): [
+            (t, math.nan if t % 97 == 0 else rng.random()) for t in ts
+        ],
+    }
+
+
+DATA = known_data()
+EXPECTED = {dict(k)["instance"]: {t * 1000: v for t, v in s if math.isfinite(v)} for k, s in DATA.items()}
+
+
+def watch(**extra: Any) -> dict[str, Any]:
+    queries = [{"name": "value", "query": 'vigil_test_value{job="{{service}}"}'}]
+    return {
+        "name": "checkout",
+        "service": "checkout",
+        "queries": queries + extra.pop("more", []),
+        "step_s": 1,
+        "interval_s": 0.2,
+        "delay_s": 1,
+        **extra,
+    }
+
+
+def poller_section(url: str, **extra: Any) -> dict[str, Any]:
+    chunk = extra.pop("chunk_steps", 50)
+    return {
+        "sources": [{"name": "main", "url": url, "timeout_s": 2, "retries": 1, "backoff_s": 0.05}],
+        "watches": [watch(**extra)],
+        "chunk_steps": chunk,
+    }
+
+
+class Samples:
+    """Every prepared point on the samples topic, per instance, in topic order (duplicates kept)."""
+
+    def __init__(self, config: VigilConfig) -> None:
+        self.config = config
+        self.points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Samples:
+        k = self.config.kafka
+        consumer = AIOKafkaConsumer(bootstrap_servers=k.bootstrap_servers, enable_auto_commit=False)
+        await consumer.start()
+        consumer.assign([TopicPartition(k.topics.samples, p) for p in range(k.partitions)])
+        await consumer.seek_to_beginning()
+
+        async def run() -> None:
+            try:
+                while True:
+                    for messages in (await consumer.getmany(timeout_ms=200)).values():
+                        for m in messages:
+                            doc = orjson.loads(m.value or b"{}")
+                            assert (doc["v"], doc["kind"]) == (2, "prepared"), doc
+                            for s in doc["series"]:
+                                assert (s["service"], s["metric"]) == ("checkout", "value")
+                                self.points[s["instance"]].extend((t, v) for t, v in s["points"])
+            finally:
+                await consumer.stop()
+
+        self._task = asyncio.create_task(run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def newest(self) -> int:
+        return (
+            min((max(t for t, _ in p) for p in self.points.values() if p), default=0)
+            if len(self.points) == 2
+            else 0
+        )
+
+    def count(self) -> int:
+        return sum(len(p) for p in self.points.values())
+
+
+async def until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+def assert_exactly_once(samples: Samples, first_ms: int, last_ms: int, at_least: int) -> None:
+    """Every stored finite sample in [first_ms, last_ms] once, nothing else, values bit-equal."""
+    assert sorted(samples.points) == ["a:1", "b:2"]
+    for instance, got in samples.points.items():
+        times = [t for t, _ in got]
+        assert len(times) == len(set(times)), f"{instance}: {len(times) - len(set(times))} points twice"
+        want = {t: v for t, v in EXPECTED[instance].items() if first_ms <= t <= last_ms}
+        assert dict(got) == want, instance
+        assert len(want) >= at_least
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    workdir = tmp_path_factory.mktemp("prometheus-now")
+    with prometheus_with(openmetrics("vigil_test_value", DATA), workdir) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def vigil_poller(config_file: Path, config: VigilConfig) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vigil", "poller", "-c", str(config_file)],
+        env=config_env(config),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture
+def config(broker: EmbeddedBroker) -> VigilConfig:
+    return isolated_config(broker)
+
+
+@pytest.fixture
+def any_config(any_broker: Broker) -> VigilConfig:
+    return isolated_config(any_broker)
+
+
+async def test_stopped_mid_backfill_and_restarted_emits_each_sample_once(
+    any_config: VigilConfig, prometheus: Prometheus, tmp_path: Path
+) -> None:
+    config = any_config
+    lookback = NOW - D0 + 600  # ten minutes before the data: those steps have none
+    section = poller_section(prometheus.url, lookback_s=lookback) | {"metrics_port": 0}
+    k = config.kafka
+    path = tmp_path / "vigil.yaml"
+    path.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": k.bootstrap_servers}, "poller": section}))
+    async with Samples(config) as samples:
+        with vigil_poller(path, config) as first:
+            assert first.stdout is not None
+            line = await asyncio.to_thread(first.stdout.readline)
+            url = re.search(r"metrics on (\S+)", line)
+            assert url, line
+            await until(lambda: samples.count() > 1000, 60, "the backfill to begin")
+            first.terminate()
+            assert await asyncio.to_thread(first.wait, 15) == 0
+        stopped_at = samples.newest()
+        # Really mid-backfill: far from live when it stopped.
+        assert 0 < stopped_at < (time.time() - 600) * 1000, stopped_at
+        with vigil_poller(path, config) as second:
+            assert second.stdout is not None
+            line = await asyncio.to_thread(second.stdout.readline)
+            url = re.search(r"metrics on (\S+)", line)
+            assert url, line
+            live = int(time.time() * 1000) - 3000
+            await until(lambda: samples.newest() >= live, 90, "the poller to catch up with live")
+            scraped = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(url[1], timeout=5).read().decode()  # noqa: S310
+            )
+            second.terminate()
+            assert await asyncio.to_thread(second.wait, 15) == 0
+        await asyncio.sleep(0)  # let the collector read what is left: poll until it stops growing
+        await until_stable(samples)
+    assert_exactly_once(samples, D0 * 1000, samples.newest(), at_least=7000)
+    # the second process' metrics port answered with its counts
+    assert 'vigil_poller_points_total{query="value",watch="checkout"}' in scraped
+    assert "vigil_poller_lag_seconds" in scraped
+
+
+async def until_stable(samples: Samples, quiet: float = 1.5) -> None:
+    """Wait until no new point arrived for ``quiet`` seconds (the producer is stopped: nothing more comes)."""
+    last, since = samples.count(), time.monotonic()
+    deadline = since + 30
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+        if samples.count() != last:
+            last, since = samples.count(), time.monotonic()
+
+
+@pytest.fixture
+def own_prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    with prometheus_with(openmetrics("vigil_test_value", DATA), tmp_path / "prom") as running:
+        yield running
+
+
+async def test_prometheus_down_then_up_the_gap_is_backfilled(
+    config: VigilConfig, own_prometheus: Prometheus
+) -> None:
+    base = config
+    broken = {"name": "broken", "query": "sum(rate(vigil_test_value[1m]"}
+    section = poller_section(own_prometheus.url, lookback_s=30, more=[broken], chunk_steps=20)
+    config = base.model_copy(update={"poller": PollerConfig(**section)})
+    poller = Poller(config)
+    value = ("checkout", "value")
+    async with Samples(config) as samples:
+        started = time.time()
+        await poller.start()
+        try:
+            stats = poller.stats.queries
+            await until(lambda: samples.newest() >= (time.time() - 3) * 1000, 30, "live")
+            first = min(t for p in samples.points.values() for t, _ in p)
+            assert first <= (started - 1 - 30 + 5) * 1000  # the lookback was backfilled (start-up takes ~1 s)
+            own_prometheus.stop()
+            down_at = time.time()
+            failed = stats[value].failed
+            await until(lambda: stats[value].failed >= failed + 3 and time.time() - down_at > 4, 30, "outage")
+            mark_in_outage = stats[value].watermark_ms or 0
+            own_prometheus.launch()
+            await asyncio.to_thread(wait_ready, own_prometheus)
+            back = time.time()
+            await until(lambda: samples.newest() >= (back - 2) * 1000, 30, "the backfill")
+        finally:
+            await poller.stop()
+        await until_stable(samples)
+        assert mark_in_outage < (back - 3) * 1000  # the watermark waited for Prometheus
+        assert_exactly_once(samples, first, poller.stats.queries[value].watermark_ms or 0, at_least=30)
+        assert stats[("checkout", "broken")].disabled
+        events = await read_topic(
+            config.kafka.bootstrap_servers, config.kafka.topics.verdicts, lambda r: len(r) >= 1, 20
+        )
+    (event,) = events
+    assert event["type"] == "vigil.source.error"
+    assert event["data"]["query"] == "broken"
+    assert event["data"]["kind"] == "rejected"
+    assert "bad_data" in event["data"]["message"]
+    text = generate_latest(poller_registry(poller.stats)).decode()
+    assert 'vigil_poller_query_disabled{query="broken",watch="checkout"} 1.0' in text
+    assert re.search(r'vigil_poller_errors_total\{kind="connection",source="main"\} [1-9]', text)
+    assert 'vigil_poller_queries_total{outcome="failed",query="value",watch="checkout"}' in text
+
+
+def vigil_run(config_file: Path, state_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vigil", "run", "-c", str(config_file)],
+        env=dict(os.environ, VIGIL_STATE_DIR=str(state_dir)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=default_signals,
+    )
+
+
+async def test_vigil_run_runs_the_poller_when_enabled(prometheus: Prometheus, tmp_path: Path) -> None:
+    section = poller_section(prometheus.url, lookback_s=60) | {"enabled": True, "metrics_port": 0}
+    path = tmp_path / "vigil.yaml"
+    path.write_text(yaml.safe_dump({"receiver": {"port": 0}, "poller": section}))
+    process = vigil_run(path, tmp_path)
+    try:
+        state = tmp_path / "embedded.json"
+        await until(state.exists, 30, "vigil run to start its broker")
+        bootstrap = orjson.loads(state.read_bytes())["bootstrap_servers"]
+        records = await read_topic(
+            bootstrap, "vigil.samples", lambda r: sum(len(x["series"]) for x in r) >= 2, 60
+        )
+        process.terminate()
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    instances = {s["instance"] for r in records for s in r["series"]}
+    assert instances == {"a:1", "b:2"}
+    assert all((r["v"], r["kind"]) == (2, "prepared") for r in records)
+
+
+async def test_a_selector_watch_follows_the_services_it_finds(
+    config: VigilConfig, prometheus: Prometheus
+) -> None:
+    section = poller_section(prometheus.url, lookback_s=20)
+    section["watches"][0] |= {"service": None, "selector": '{job=~"check.+"}'}
+    config = config.model_copy(update={"poller": PollerConfig(**section)})
+    poller = Poller(config)
+    async with Samples(config) as samples:
+        await poller.start()
+        try:
+            await until(
+                lambda: samples.newest() >= (time.time() - 3) * 1000, 30, "the discovered service's samples"
+            )
+        finally:
+            await poller.stop()
+        await until_stable(samples)
+    assert list(poller.stats.queries) == [("checkout/checkout", "value")]
+    first = min(t for p in samples.points.values() for t, _ in p)
+    assert_exactly_once(
+        samples, first, poller.stats.queries[("checkout/checkout", "value")].watermark_ms or 0, at_least=15
+    )
+
+
+async def test_two_shards_split_the_queries_without_polling_one_twice(
+    config: VigilConfig, prometheus: Prometheus
+) -> None:
+    names = [f"value{n}" for n in range(8)]
+    more = [{"name": n, "query": 'vigil_test_value{job="{{service}}"}'} for n in names]
+    section = poller_section(prometheus.url, lookback_s=20, more=more)
+    pollers = [
+        Poller(config.model_copy(update={"poller": PollerConfig(**section, shards=2, shard=shard)}))
+        for shard in (0, 1)
+    ]
+    for poller in pollers:
+        await poller.start()
+    try:
+        live = (time.time() - 3) * 1000
+        await until(
+            lambda: all((q.watermark_ms or 0) >= live for p in pollers for q in p.stats.queries.values()),
+            30,
+            "both shards to reach live",
+        )
+    finally:
+        for poller in pollers:
+            await poller.stop()
+    owned = [set(p.stats.queries) for p in pollers]
+    assert owned[0], owned  # both got a share
+    assert owned[1], owned
+    assert not owned[0] & owned[1]
+    assert owned[0] | owned[1] == {("checkout", n) for n in ["value", *names]}
+    sent = sum(q.points for p in pollers for q in p.stats.queries.values())
+    records = await read_topic(
+        config.kafka.bootstrap_servers,
+        config.kafka.topics.samples,
+        lambda r: sum(len(s["points"]) for x in r for s in x["series"]) >= sent,
+        30,
+    )
+    seen: dict[tuple[str, str, int], float] = {}
+    for record in records:
+        for s in record["series"]:
+            for t, v in s["points"]:
+                key = (s["metric"], s["instance"], t)
+                assert key not in seen, f"{key} emitted twice"
+                seen[key] = v
+                assert EXPECTED[s["instance"]][t] == v
+    assert len(seen) == sent
