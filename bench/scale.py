@@ -1,6 +1,6 @@
 """Samples/s with 1 and 2 ``vigil worker`` and with 1 and 2 ``vigil ingest`` processes, on Apache Kafka.
 
-    python -m bench.scale [--runs 5] [--requests 400] [--in-flight 8] [--bootstrap HOST:PORT]
+    python -m bench.scale [--runs 5] [--requests 1000] [--backlog 600] [--in-flight 8] [--bootstrap HOST:PORT]
 
 Everything is real: an Apache Kafka node (started here with ``tests/kafka/run-kafka.sh``, unless
 ``--bootstrap`` names one), ``vigil ingest`` and ``vigil worker`` processes with their default settings.
@@ -619,7 +619,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per figure: median and min-max are shown")
     parser.add_argument(
-        "--requests", type=int, default=400, help="remote-write requests (500 samples) per run"
+        "--requests", type=int, default=1000, help="ingest part: remote-write requests (500 samples) per run"
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=600, help="worker part: requests' worth of raw records per run"
     )
     parser.add_argument("--in-flight", type=int, default=8, help="requests outstanding (ingest part)")
     parser.add_argument("--bootstrap", help="an Apache Kafka to use instead of starting one")
@@ -635,8 +638,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         f"workload: remote-write 1.0, {workload.SERIES_PER_REQUEST} series x 1 sample per request, "
-        f"{len(workload.pool())} series of 24 services scraped every 15 s; {args.requests} requests "
-        f"({args.requests * workload.SERIES_PER_REQUEST:,} samples) per run, {args.runs} runs",
+        f"{len(workload.pool())} series of 24 services scraped every 15 s; per run: {args.requests} "
+        f"requests to ingest, a backlog of {args.backlog} requests' raw records for the workers; "
+        f"{args.runs} runs",
         flush=True,
     )
     results: dict[str, dict[str, Figure]] = {}
@@ -665,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             else:
                 results[part] = asyncio.run(
-                    measure_workers(config, workdir, args.runs, args.requests, kafka_pid)
+                    measure_workers(config, workdir, args.runs, args.backlog, kafka_pid)
                 )
     print(
         f"\nsamples/s (raw samples, as Prometheus sent them), median (min-max) of {args.runs} runs, "
