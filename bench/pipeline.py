@@ -1,6 +1,6 @@
-"""Samples/s through a real ``vigil worker`` on the embedded broker vs the same records handled in-process.
+"""Samples/s through a real ``vigil worker`` vs the same records handled in-process, for two record shapes.
 
-    python -m bench.pipeline [--runs 5] [--requests 200] [--keys 200] [--points 500]
+    python -m bench.pipeline [--runs 5] [--requests 200] [--keys 200] [--points 500] [--bootstrap HOST:PORT]
 
 Two message shapes on ``vigil.samples``:
 
@@ -11,9 +11,10 @@ Two message shapes on ``vigil.samples``:
 * **dense** — prepared records of ``--keys`` series x ``--points`` points, 500 points of one series per
   message (what ``vigil replay`` writes for a CSV, and a backlog of one long series).
 
-Pipeline: the run's records are produced to the embedded broker while a real ``vigil worker`` process
-(Faust agent, decode, preparation, model bank, detectors, verdicts) consumes; the clock stops once a marker
-record after the data on each partition has come back as a dead letter (a partition is processed in order).
+Pipeline: the run's records are produced to the embedded broker (or the Apache Kafka ``--bootstrap``
+names) while a real ``vigil worker`` process (Faust agent, decode, preparation, model bank, detectors,
+verdicts) consumes; the clock stops once a marker record after the data on each partition has come back
+as a dead letter (a partition is processed in order).
 Bare: the same record values through :meth:`engine.processor.Processor.handle` in this process — the
 worker's whole work per record without Kafka and Faust — with its own state carried from run to run as the
 worker's is. Both run here, now, run after run, so the ratio holds on a noisy machine even when the
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
+import os
 import random
 import sys
 import tempfile
@@ -157,21 +160,24 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=200, help="dense shape: series per run")
     parser.add_argument("--points", type=int, default=500, help="dense shape: points per series per run")
     parser.add_argument("--shape", choices=["all", "production", "dense"], default="all")
+    parser.add_argument("--bootstrap", help="an Apache Kafka to use instead of the embedded broker")
     args = parser.parse_args()
 
-    print(f"pipeline benchmark on {machine()} (embedded broker, one vigil worker)", flush=True)
+    where = f"Apache Kafka at {args.bootstrap}" if args.bootstrap else "embedded broker"
+    print(f"pipeline benchmark on {machine()} ({where}, one vigil worker)", flush=True)
     results: dict[str, tuple[Shape, Figures]] = {}
-    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp, EmbeddedBroker() as broker:
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp, contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap or stack.enter_context(EmbeddedBroker()).bootstrap_servers
         for name in ("production", "dense"):
             if args.shape not in ("all", name):
                 continue
             config = with_kafka(
-                bench_config(broker.bootstrap_servers, f"pipe-{name}"), broker.bootstrap_servers, quirks=True
+                bench_config(bootstrap, f"pipe{os.getpid()}-{name}"), bootstrap, quirks=not args.bootstrap
             )
             kafka = config.kafka
             asyncio.run(
                 ensure_topics(
-                    broker.bootstrap_servers,
+                    bootstrap,
                     topic_names(kafka),
                     kafka.partitions,
                     compacted=compacted_topics(kafka),
