@@ -25,7 +25,9 @@ prepared points are counted from ``vigil_worker_samples_processed_total``. Sampl
 (what Prometheus sent), for ingest and worker alike. Each run of the worker part continues the scrape
 stream in time, so nothing is skipped as a duplicate.
 
-Each figure is the **median of ``--runs`` runs, with the min-max**. This machine's core count is printed:
+Each figure is the **median of ``--runs`` runs, with the min-max**, printed with the cores each process
+used meanwhile (from /proc) and the samples/s per core the measured processes used: on a shared machine
+the share of a core a process gets wanders, and the rate per core used is the steadier figure. This machine's core count is printed:
 on 2 cores, two processes plus Kafka and the load generator share the CPU, so a ratio near 1 says the
 machine is full, not that Vigil does not scale.
 """
@@ -613,6 +615,13 @@ def report(figures: dict[str, Figure], runs: int) -> None:
         extra = f"  prepared points/s {spread(figure.prepared)}" if figure.prepared else ""
         print(f"  {name:<{width}}  {spread(figure.rates):>28}{extra}")
         print(f"  {'':<{width}}  cores used (median): {cores_text(figure.cores)}")
+        if figure.cores:
+            measured = next(iter(figure.cores[0]))  # the processes measured come first
+            per_core = [
+                r / c[measured] for r, c in zip(figure.rates, figure.cores, strict=True) if c[measured]
+            ]
+            if per_core:
+                print(f"  {'':<{width}}  per core used by {measured}: {spread(per_core)} samples/s")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
