@@ -27,9 +27,9 @@ stream in time, so nothing is skipped as a duplicate.
 
 Each figure is the **median of ``--runs`` runs, with the min-max**, printed with the cores each process
 used meanwhile (from /proc) and the samples/s per core the measured processes used: on a shared machine
-the share of a core a process gets wanders, and the rate per core used is the steadier figure. This machine's core count is printed:
-on 2 cores, two processes plus Kafka and the load generator share the CPU, so a ratio near 1 says the
-machine is full, not that Vigil does not scale.
+the share of a core a process gets wanders, and the rate per core used is the steadier figure. This
+machine's core count is printed: on 2 cores, two processes plus Kafka and the load generator share the
+CPU, so a ratio near 1 says the machine is full, not that Vigil does not scale.
 """
 
 from __future__ import annotations
