@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ __all__ = ["METRIC", "SERVICE", "BacktestError", "FileResult", "judge", "nab_sco
 SERVICE = "backtest"
 METRIC = "value"
 MAX_LABELS_BYTES = 64 * 1024 * 1024
+#: s / (1 + s) rounds to 1.0 only for s beyond 9e15: such rows are written just below 1.
+_BELOW_ONE = math.nextafter(1.0, 0.0)
 
 
 class BacktestError(VigilError):
@@ -55,7 +58,7 @@ def judge(config: VigilConfig, rows: Sequence[tuple[str, int, float]], name: str
         stamps=[stamp for stamp, _, _ in rows],
         ts_ms=[ts for _, ts, _ in rows],
         values=[value for _, _, value in rows],
-        scores=[s / (1.0 + s) for s, _ in trace],
+        scores=[min(s / (1.0 + s), _BELOW_ONE) for s, _ in trace],
         alarms=[int(opened) for _, opened in trace],
     )
 

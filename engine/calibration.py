@@ -12,7 +12,12 @@ produce it, and the rule's ignore thresholds have the last word:
   of red samples only the first counts, is the guard's job here: one page per episode, see
   :mod:`engine.guard`; measured on NAB, the filter added nothing on top of it.)
 * :class:`NewExtreme` — a value beyond everything the series has shown, by more than ``share`` of the range
-  seen so far, scores ``1 + (excess beyond the tolerance) / range`` (risk direction only).
+  seen so far, scores ``1 + (excess beyond the tolerance) / range`` (risk direction only; the rule's
+  ``new_extreme``, on for the catch-all rule only).
+* Overwhelming raw scores — the likelihood judges raw scores against their own history, so a history that
+  holds a regime change (a flat series turning noisy) makes it deaf for a while; a raw score of at least
+  :data:`RAW_OPEN` (60 sigma for the level/spread detector) opens on its own, scoring the ratio of its odds
+  ``r / (1 - r)`` to those of ``RAW_OPEN``.
 * Ignore thresholds — a deviation from the detector's level smaller than ``max(min_abs_deviation,
   min_rel_deviation · |level|)`` scores at most :data:`IGNORED_CAP`, below the opening threshold.
 
@@ -37,6 +42,9 @@ TAIL_OPEN: MappingProxyType[Sensitivity, float] = MappingProxyType(
 AVERAGE = 10
 BLOCK = 100
 BLOCKS = 30
+#: Raw score that opens on its own, whatever the likelihood's history (the odds r / (1 - r) of the raw score
+#: against those of RAW_OPEN make the score): a deviation of 60 sigma for the level/spread detector.
+RAW_OPEN = 60.0 / (60.0 + 3.0)
 #: Highest score of a deviation inside the rule's ignore thresholds.
 IGNORED_CAP = 0.9
 
@@ -172,22 +180,38 @@ class NewExtreme:
         return score
 
 
+_RAW_MAX = math.nextafter(1.0, 0.0)
+
+
+def _odds(raw: float) -> float:
+    raw = min(raw, _RAW_MAX)  # a raw score rounded to 1.0 (beyond 1e16 sigma) stays finite
+    return raw / (1.0 - raw)
+
+
+_ODDS_OPEN = _odds(RAW_OPEN)
+
+
 class Calibrator:
-    """The stages of one series, in order: likelihood and new extreme (the larger wins), ignore thresholds."""
+    """The stages of one series, in order: likelihood, new extreme and overwhelming raw score (the largest
+    wins), then the ignore thresholds."""
 
     __slots__ = ("extreme", "likelihood", "min_abs", "min_rel")
 
-    def __init__(self, rule: MetricRule, *, new_extreme: float) -> None:
+    def __init__(self, rule: MetricRule) -> None:
         self.likelihood = Likelihood(
             tail_open=TAIL_OPEN[rule.sensitivity], average=AVERAGE, block=BLOCK, blocks=BLOCKS
         )
-        self.extreme = NewExtreme(share=new_extreme, direction=rule.direction)
+        self.extreme = NewExtreme(share=rule.new_extreme, direction=rule.direction)
         self.min_abs = rule.min_abs_deviation
         self.min_rel = rule.min_rel_deviation
 
     def observe(self, x: float, raw: float, level: float, *, learn: bool = True) -> float:
         """Normalised score of value ``x`` whose detector gave ``raw`` and expected ``level``."""
-        score = max(self.likelihood.observe(raw, learn=learn), self.extreme.observe(x, learn=learn))
+        score = max(
+            self.likelihood.observe(raw, learn=learn),
+            self.extreme.observe(x, learn=learn),
+            _odds(raw) / _ODDS_OPEN,
+        )
         if (self.min_abs or self.min_rel) and abs(x - level) < max(self.min_abs, self.min_rel * abs(level)):
             score = min(score, IGNORED_CAP)
         return score

@@ -142,6 +142,14 @@ class MetricRule(Frozen):
     min_rel_deviation: float = Field(
         default=0.05, ge=0, description="deviations below this share of the level never alarm"
     )
+    new_extreme: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="a value beyond the series' earlier range by more than this share of it is an anomaly "
+        "(0: off). Worth 18 NAB points, but it also opens on the records unbounded noise sets now and then "
+        "and on a seasonal series' first cycle",
+    )
 
     @field_validator("match")
     @classmethod
@@ -167,7 +175,7 @@ DEFAULT_RULES = (
     ),
     MetricRule(match=r".*(duration|latency|seconds).*", type=MetricType.LATENCY, direction=Direction.HIGHER),
     MetricRule(match=r".*(requests|ops|throughput).*", type=MetricType.THROUGHPUT, direction=Direction.BOTH),
-    MetricRule(match=r".*", type=MetricType.CUSTOM, direction=Direction.BOTH),
+    MetricRule(match=r".*", type=MetricType.CUSTOM, direction=Direction.BOTH, new_extreme=0.02),
 )
 
 
@@ -189,12 +197,6 @@ class DetectionConfig(Frozen):
         default=100,
         ge=0,
         description="an open anomaly lasts at least this many samples: one page per episode",
-    )
-    new_extreme: float = Field(
-        default=0.02,
-        ge=0,
-        description="a value beyond the series' earlier range by more than this share of it is an anomaly "
-        "(0: off)",
     )
     suspect_weight: float = Field(
         default=0.5, ge=0, le=1, description="learning weight of samples while an anomaly is open"

@@ -16,10 +16,12 @@ from engine.backtest import BacktestError, FileResult, judge, nab_scores, read_l
 from engine.config import VigilConfig
 
 
-def find_files(data: Path) -> list[Path]:
+def find_files(data: Path, out: Path) -> list[Path]:
+    """Every ``.csv`` under ``data``, except earlier results when ``out`` lies inside ``data``."""
     if not data.is_dir():
         raise BacktestError(f"--data {data}: not a folder")
-    files = sorted(p for p in data.rglob("*.csv") if p.is_file())
+    results = out.resolve()
+    files = sorted(p for p in data.rglob("*.csv") if p.is_file() and not p.resolve().is_relative_to(results))
     if not files:
         raise BacktestError(f"--data {data}: no .csv files under it")
     return files
@@ -27,7 +29,7 @@ def find_files(data: Path) -> list[Path]:
 
 def run_backtest(config: VigilConfig, data: Path, labels_path: Path, out: Path) -> None:
     labels = read_labels(labels_path)  # before the long part: a bad labels file fails at once
-    files = find_files(data)
+    files = find_files(data, out)
     results: list[FileResult] = []
     rows = 0
     start = time.perf_counter()

@@ -120,6 +120,16 @@ def test_one_row_per_input_row_in_order_with_timestamps_verbatim(tmp_path: Path)
     assert scores[:200] == [0.0] * 200  # learning
 
 
+def test_results_inside_the_data_folder_are_not_read_back(tmp_path: Path) -> None:
+    (tmp_path / "s.csv").write_text(series(300))
+    labels = tmp_path / "labels.json"
+    labels.write_text("{}")
+    for _ in range(2):
+        done = vigil("backtest", "--data", tmp_path, "--labels", labels, "--out", tmp_path / "out")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1])["files"] == 1
+
+
 def test_non_advancing_rows_are_scored_but_not_learned() -> None:
     config = load_config(None)
     points = [(f"t{i}", 1_000 * i, 10.0 + i % 3) for i in range(300)]

@@ -186,7 +186,7 @@ def test_kill_9_mid_stream_loses_no_sample_and_changes_no_event(broker: Any, wor
     # Checkpoints every 1.5 s: a worker that committed what it read (as Faust does, every second) would
     # lose the samples read since the last checkpoint; the kill comes while records keep arriving.
     config = isolated_config(broker, checkpoint_interval_s=1.5, warmup=20)
-    series, points = 8, 240
+    series, points = 8, 400  # an anomaly stays open >= rest_after_alarm (100) samples: room for two
     records = stream(config, series=series, points=points, per_record=4)
     expected = expected_events(config, records)
     assert len(expected) >= 2 * series, "the stream must raise and resolve incidents"
