@@ -76,7 +76,10 @@ class RobustZScore(base.AnomalyDetector):
       slow drifts; **spread** — an exponentially weighted mean absolute error of that level with a long
       memory (``spread_half_life``), turned into a sigma (x sqrt(pi/2)). The first samples are running
       averages (step ``max(alpha, 1/n)``), so both are usable right away instead of biased to the first value.
-    * **Robustness** — with ``clip``, a residual enters both estimates clipped to ``±clip·sigma``.
+    * **Robustness** — with ``clip``, a residual enters both estimates clipped to ``±clip·sigma``. A sample
+      learned with a reduced weight (an open anomaly) enters the spread clipped to ``suspect_clip·sigma``
+      (10): an incident does not blunt the series for the next one (measured on NAB: +0.7 on the half the
+      settings were chosen on, -0.4 on the other), while the level still follows a shift that stays.
     * **Raw score** — ``d / (d + 3)`` of the deviation ``d`` in sigmas in the risk direction (``z``, ``-z``
       or ``|z|``; 0 when the deviation points the other way): 0.5 at three sigma (1.0 only in float
       rounding, beyond 1e16 sigma).
@@ -100,15 +103,19 @@ class RobustZScore(base.AnomalyDetector):
         half_life: float = 30.0,
         spread_half_life: float = 300.0,
         clip: float | None = None,
+        suspect_clip: float = 10.0,
     ) -> None:
         if not half_life > 1.0 or not spread_half_life > 1.0:
             raise ValueError(f"half_life and spread_half_life must be > 1 sample, got {half_life!r}")
         if clip is not None and not clip > 0:
             raise ValueError(f"clip must be > 0, got {clip!r}")
+        if not suspect_clip > 0:
+            raise ValueError(f"suspect_clip must be > 0, got {suspect_clip!r}")
         self.direction = Direction(direction)
         self.half_life = float(half_life)
         self.spread_half_life = float(spread_half_life)
         self.clip = clip
+        self.suspect_clip = float(suspect_clip)
         self._alpha = 1.0 - 0.5 ** (1.0 / self.half_life)
         self._beta = 1.0 - 0.5 ** (1.0 / self.spread_half_life)
         self._sign = {Direction.HIGHER: 1.0, Direction.LOWER: -1.0, Direction.BOTH: 0.0}[self.direction]
@@ -147,7 +154,10 @@ class RobustZScore(base.AnomalyDetector):
             limit = self.clip * self._sigma()
             r = min(max(r, -limit), limit)
         self._level += max(self._alpha, 1.0 / self.n) * w * r
-        self._mad += max(self._beta, 1.0 / self.n) * w * (abs(r) - self._mad)
+        spread_r = abs(r)
+        if w < 1.0:  # a suspicious sample: it moves the level, but the spread only so far
+            spread_r = min(spread_r, self.suspect_clip * self._sigma())
+        self._mad += max(self._beta, 1.0 / self.n) * w * (spread_r - self._mad)
 
     @property
     def level(self) -> float:

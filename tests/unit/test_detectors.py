@@ -212,3 +212,15 @@ def test_invalid_parameters_are_refused() -> None:
         RobustZScore(half_life=1.0)
     with pytest.raises(ValueError, match="clip"):
         RobustZScore(clip=0.0)
+    with pytest.raises(ValueError, match="suspect_clip"):
+        RobustZScore(suspect_clip=0.0)
+
+
+def test_a_suspicious_sample_moves_the_spread_only_so_far() -> None:
+    """An incident learned with reduced weight must not blunt the series for the next incident."""
+    normal, suspicious = trained(RobustZScore, noisy(300)), trained(RobustZScore, noisy(300))
+    normal.learn_value(10_000.0, 1.0)
+    suspicious.learn_value(10_000.0, 0.5)
+    _, wide = normal.expected_range()
+    _, narrow = suspicious.expected_range()
+    assert narrow - suspicious.level < 1.2 * Z_HALF * 1.0 < wide - normal.level
