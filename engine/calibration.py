@@ -1,8 +1,8 @@
 """Calibration stages after any detector: raw scores in, a **normalised score** out.
 
 The normalised score ``s`` means the same on every series and every detector: ``s >= 1`` is an anomaly at
-the rule's sensitivity (1 = the opening threshold), larger is more anomalous, unbounded above. Two stages
-produce it, and the rule's ignore thresholds have the last word:
+the rule's sensitivity (1 = the opening threshold), larger is more anomalous, unbounded above. The largest of
+three stages makes it, and the rule's ignore thresholds have the last word:
 
 * :class:`Likelihood` — Numenta's anomaly likelihood (Ahmad et al., Neurocomputing 2017): the raw score's
   short moving average judged by its Gaussian tail against the mean and variance of the same averages over
@@ -32,7 +32,7 @@ from types import MappingProxyType
 
 from engine.config import Direction, MetricRule, Sensitivity
 
-__all__ = ["IGNORED_CAP", "TAIL_OPEN", "Calibrator", "Likelihood", "NewExtreme"]
+__all__ = ["IGNORED_CAP", "RAW_OPEN", "TAIL_OPEN", "Calibrator", "Likelihood", "NewExtreme", "log_tail"]
 
 #: Sensitivity → per-sample tail probability of the likelihood stage that opens an anomaly (s = 1).
 TAIL_OPEN: MappingProxyType[Sensitivity, float] = MappingProxyType(

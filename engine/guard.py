@@ -53,9 +53,10 @@ class Transition:
     """A state change of one series, with its evidence.
 
     ``value`` and ``score`` belong to the sample that caused the change (``value`` is ``None`` and ``score``
-    0 when a stale marker resolved the anomaly). ``peak_score`` is the highest score since the first
-    anomalous sample. ``expected_low``/``expected_high`` is the band the detector considered normal at that
-    moment (±inf on a side that is not a risk). ``window_start_ms`` is the first anomalous sample;
+    0 when a stale marker resolved the anomaly); scores are normalised (1 = the opening threshold).
+    ``peak_score`` is the highest score since the first anomalous sample. ``expected_low``/``expected_high``
+    is the band where the detector's raw score stays below 0.5 at that moment (±inf on a side that is not a
+    risk). ``window_start_ms`` is the first anomalous sample;
     ``window_end_ms`` the last one (for ``opened``: the current sample).
     """
 
