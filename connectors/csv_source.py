@@ -17,6 +17,7 @@ from engine.errors import VigilError
 
 MAX_ROWS = 10_000_000
 MAX_LINE = 4096
+MAX_VALUE = 1e300  # the detectors' limit (engine.detectors.MAX_ABS): beyond it their arithmetic overflows
 _MS_THRESHOLD = 100_000_000_000  # numbers above this are milliseconds (year 5138 in seconds)
 
 
@@ -92,6 +93,8 @@ def _rows(path: Path) -> Iterator[tuple[int, str, int, float]]:
                     raise CsvError(f"{path}:{line}: {exc}") from None
                 if not math.isfinite(value):
                     raise CsvError(f"{path}:{line}: value {row[1].strip()!r} is not a finite number")
+                if abs(value) > MAX_VALUE:
+                    raise CsvError(f"{path}:{line}: value {row[1].strip()!r} is beyond ±{MAX_VALUE:g}")
                 count += 1
                 if count > MAX_ROWS:
                     raise CsvError(f"{path}: more than {MAX_ROWS} rows")

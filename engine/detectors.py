@@ -23,7 +23,7 @@ from river import base
 
 from engine.config import DetectionConfig, Direction, MetricRule
 
-__all__ = ["Detector", "RobustZScore", "check_finite", "make_detector"]
+__all__ = ["MAX_ABS", "Detector", "RobustZScore", "check_finite", "make_detector"]
 
 #: sigma of a normal distribution per unit of its mean absolute deviation (sqrt(pi/2)).
 _SIGMA_PER_MAD = math.sqrt(math.pi / 2.0)
@@ -61,10 +61,16 @@ class Detector(Protocol):
         ...
 
 
+#: Values beyond this magnitude are refused: the differences and sums of the models would overflow.
+MAX_ABS = 1e300
+
+
 def check_finite(x: float) -> float:
     x = float(x)
     if not math.isfinite(x):
         raise ValueError(f"detectors take finite values only, got {x!r} (stale markers end a series)")
+    if abs(x) > MAX_ABS:
+        raise ValueError(f"detectors take values within ±{MAX_ABS:g} only (finite arithmetic), got {x!r}")
     return x
 
 
@@ -139,7 +145,7 @@ class RobustZScore(base.AnomalyDetector):
             return 0.0
         r = (x - self._level) / self._sigma()
         d = abs(r) if self._sign == 0.0 else max(self._sign * r, 0.0)
-        return d / (d + Z_HALF)
+        return 1.0 / (1.0 + Z_HALF / d) if d > 0.0 else 0.0  # d / (d + 3), also for d = inf
 
     def learn_value(self, x: float, w: float = 1.0) -> None:
         x = check_finite(x)

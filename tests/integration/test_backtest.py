@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors import csv_source
 from engine import backtest
@@ -155,6 +157,7 @@ def test_non_advancing_rows_are_scored_but_not_learned() -> None:
         (b"\xff\xfe\x00garbage\x00\n", "not a readable CSV"),
         (b"timestamp,value\n2014-01-01 00:00:00," + b"9" * 5000 + b"\n", "longer than"),
         (b"timestamp,value\n1e400,1\n", "not a valid time"),
+        (b"timestamp,value\n2014-01-01 00:00:00,1e301\n", "beyond"),
         (b'timestamp,value\n"2014-01-01\x00,1\n', "bad.csv:2: expected 2 columns"),
     ],
 )
@@ -170,6 +173,16 @@ def test_a_broken_or_hostile_file_is_a_clear_error_naming_it(
     assert "bad.csv" in done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.floats(min_value=-1e300, max_value=1e300), min_size=1, max_size=400))
+def test_any_values_give_scores_in_the_unit_interval_and_no_nan(values: list[float]) -> None:
+    rows = [(str(i), 1_000 * i, v) for i, v in enumerate(values)]
+    result = judge(load_config(None), rows)
+    assert len(result.scores) == len(values)
+    assert all(0.0 <= s < 1.0 for s in result.scores)
+    assert all(a in (0, 1) for a in result.alarms)
 
 
 def test_an_oversized_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from river.checks import common
 
 from engine import plain
 from engine.config import DetectionConfig, Direction, MetricRule
-from engine.detectors import Z_HALF, RobustZScore, make_detector
+from engine.detectors import MAX_ABS, Z_HALF, RobustZScore, make_detector
 
 DETECTION = DetectionConfig()
 
@@ -224,3 +224,26 @@ def test_a_suspicious_sample_moves_the_spread_only_so_far() -> None:
     _, wide = normal.expected_range()
     _, narrow = suspicious.expected_range()
     assert narrow - suspicious.level < 1.2 * Z_HALF * 1.0 < wide - normal.level
+
+
+@settings(max_examples=60, deadline=None)
+@pytest.mark.parametrize("factory", DETECTORS, ids=IDS)
+@given(
+    values=st.lists(st.floats(min_value=-MAX_ABS, max_value=MAX_ABS), min_size=1, max_size=60),
+    probe=st.floats(min_value=-MAX_ABS, max_value=MAX_ABS),
+)
+def test_extreme_magnitudes_never_give_nan(
+    factory: Callable[[], Any], values: list[float], probe: float
+) -> None:
+    detector = factory()
+    for x in values:
+        detector.learn_value(x)
+    assert 0.0 <= detector.score_value(probe) <= 1.0
+
+
+@pytest.mark.parametrize("bad", [1e301, -1e301, 1.7e308])
+def test_values_beyond_the_arithmetic_limit_are_refused(make: Callable[[], Any], bad: float) -> None:
+    detector = trained(make, noisy(50))
+    with pytest.raises(ValueError, match="within"):
+        detector.learn_value(bad)
+    assert detector.n == 50
