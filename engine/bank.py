@@ -170,7 +170,7 @@ class ModelBank:
             if skipped is not None:
                 counts[skipped] = counts.get(skipped, 0) + 1
                 if trace is not None and value is not None:
-                    trace.append((guard.peek(value), False))
+                    trace.append((guard.peek(value, ts), False))
                 continue
             transition = guard.end(ts) if value is None else guard.observe(ts, value)
             if transition is not None:

@@ -134,7 +134,10 @@ class MetricRule(Frozen):
     match: str
     type: MetricType = MetricType.CUSTOM
     direction: Direction = Direction.BOTH
-    detector: Literal["zscore"] = "zscore"
+    detector: Literal["zscore", "seasonal"] = Field(
+        default="zscore",
+        description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC)",
+    )
     sensitivity: Sensitivity = Sensitivity.MEDIUM
     min_abs_deviation: float = Field(
         default=0.0, ge=0, description="deviations smaller than this never alarm"

@@ -23,7 +23,7 @@ from river import base
 
 from engine.config import DetectionConfig, Direction, MetricRule
 
-__all__ = ["MAX_ABS", "Detector", "RobustZScore", "check_finite", "make_detector"]
+__all__ = ["MAX_ABS", "Detector", "RobustZScore", "SeasonalProfile", "check_finite", "make_detector"]
 
 #: sigma of a normal distribution per unit of its mean absolute deviation (sqrt(pi/2)).
 _SIGMA_PER_MAD = math.sqrt(math.pi / 2.0)
@@ -42,20 +42,20 @@ class Detector(Protocol):
         """Observations learned so far."""
         ...
 
-    @property
-    def level(self) -> float:
-        """The value the detector expects now (the reference of relative ignore thresholds)."""
+    def level_at(self, ts_ms: int | None = None) -> float:
+        """The value the detector expects at ``ts_ms`` (the reference of relative ignore thresholds)."""
         ...
 
-    def score_value(self, x: float) -> float:
-        """Raw anomaly score of ``x`` in [0, 1] given what was learned so far (does not learn ``x``)."""
+    def score_value(self, x: float, ts_ms: int | None = None) -> float:
+        """Raw anomaly score of ``x`` (at ``ts_ms``, Unix ms) in [0, 1] given what was learned so far (does
+        not learn ``x``)."""
         ...
 
-    def learn_value(self, x: float, w: float = 1.0) -> None:
+    def learn_value(self, x: float, w: float = 1.0, ts_ms: int | None = None) -> None:
         """Learn ``x``; ``w`` in [0, 1] lets the caller learn a suspicious sample with reduced weight."""
         ...
 
-    def expected_range(self) -> tuple[float, float]:
+    def expected_range(self, ts_ms: int | None = None) -> tuple[float, float]:
         """The band of values whose raw score stays below 0.5 (event evidence); ±inf on a side that is not
         a risk."""
         ...
@@ -137,9 +137,9 @@ class RobustZScore(base.AnomalyDetector):
     def score_one(self, x: dict[Hashable, Any]) -> float:
         return self.score_value(x["x"])
 
-    # -- the guard's fast paths ---------------------------------------------------------------------------
+    # -- the guard's fast paths (time is not used) --------------------------------------------------------
 
-    def score_value(self, x: float) -> float:
+    def score_value(self, x: float, ts_ms: int | None = None) -> float:
         x = check_finite(x)
         if self.n == 0:
             return 0.0
@@ -147,7 +147,7 @@ class RobustZScore(base.AnomalyDetector):
         d = abs(r) if self._sign == 0.0 else max(self._sign * r, 0.0)
         return 1.0 / (1.0 + Z_HALF / d) if d > 0.0 else 0.0  # d / (d + 3), also for d = inf
 
-    def learn_value(self, x: float, w: float = 1.0) -> None:
+    def learn_value(self, x: float, w: float = 1.0, ts_ms: int | None = None) -> None:
         x = check_finite(x)
         if not 0.0 <= w <= 1.0:
             raise ValueError(f"weight must be in [0, 1], got {w!r}")
@@ -169,7 +169,14 @@ class RobustZScore(base.AnomalyDetector):
     def level(self) -> float:
         return self._level
 
-    def expected_range(self) -> tuple[float, float]:
+    def level_at(self, ts_ms: int | None = None) -> float:
+        return self._level
+
+    def spread(self) -> float:
+        """The sigma the raw score divides by."""
+        return self._sigma()
+
+    def expected_range(self, ts_ms: int | None = None) -> tuple[float, float]:
         if self.n == 0:
             return (-math.inf, math.inf)
         half_width = Z_HALF * self._sigma()
@@ -185,10 +192,129 @@ class RobustZScore(base.AnomalyDetector):
         yield {}
 
 
-def make_detector(rule: MetricRule, detection: DetectionConfig) -> RobustZScore:
+HOUR_MS = 3_600_000
+
+
+class SeasonalProfile(base.AnomalyDetector):
+    """An hour-of-day profile: a robust level and spread per hour of the day (UTC), each adapting as
+    :class:`RobustZScore`'s do (``slot_half_life`` in samples of that hour), so a value normal at noon
+    is judged against noon and the same value at 3 a.m. against 3 a.m.
+
+    Until an hour has ``min_slot`` samples (and for samples without a time), the series' overall
+    :class:`RobustZScore` judges. An hour starts from the overall spread, so a profile is usable after a
+    day. Fed ``{"x": value, "t": Unix ms}`` through River's protocol.
+
+    >>> d = SeasonalProfile(min_slot=5)
+    >>> for day in range(3):
+    ...     for hour in range(24):
+    ...         base = 100.0 if 9 <= hour < 17 else 10.0  # busy in office hours
+    ...         for k in range(6):
+    ...             d.learn_one({"x": base + k % 3, "t": (day * 24 + hour) * HOUR_MS})
+    >>> noon, night = 3 * 24 * HOUR_MS + 12 * HOUR_MS, 3 * 24 * HOUR_MS + 3 * HOUR_MS
+    >>> d.score_one({"x": 101.0, "t": noon}) < 0.3 < 0.9 < d.score_one({"x": 101.0, "t": night})
+    True
+    """
+
+    def __init__(
+        self,
+        direction: Direction = Direction.BOTH,
+        slots: int = 24,
+        slot_half_life: float = 300.0,
+        min_slot: int = 30,
+        half_life: float = 30.0,
+        spread_half_life: float = 300.0,
+        suspect_clip: float = 10.0,
+    ) -> None:
+        if not 1 <= slots <= 168 or not slot_half_life > 1.0 or min_slot < 1:
+            raise ValueError("slots must be in [1, 168], slot_half_life > 1 and min_slot >= 1")
+        self.direction = Direction(direction)
+        self.slots = int(slots)
+        self.slot_half_life = float(slot_half_life)
+        self.min_slot = int(min_slot)
+        self.half_life = float(half_life)
+        self.spread_half_life = float(spread_half_life)
+        self.suspect_clip = float(suspect_clip)
+        self._alpha = 1.0 - 0.5 ** (1.0 / self.slot_half_life)
+        self._sign = {Direction.HIGHER: 1.0, Direction.LOWER: -1.0, Direction.BOTH: 0.0}[self.direction]
+        self._overall = RobustZScore(direction, half_life, spread_half_life, suspect_clip=suspect_clip)
+        self._levels = [0.0] * self.slots
+        self._mads = [0.0] * self.slots
+        self._counts = [0] * self.slots
+
+    @property
+    def n(self) -> int:
+        return self._overall.n
+
+    def learn_one(self, x: dict[Hashable, Any]) -> None:
+        self.learn_value(x["x"], 1.0, x.get("t"))
+
+    def score_one(self, x: dict[Hashable, Any]) -> float:
+        return self.score_value(x["x"], x.get("t"))
+
+    def _slot(self, ts_ms: int | None) -> int | None:
+        """The hour of ``ts_ms`` if that hour is trusted, else None."""
+        if ts_ms is None:
+            return None
+        slot = int(ts_ms // HOUR_MS) % self.slots
+        return slot if self._counts[slot] >= self.min_slot else None
+
+    def score_value(self, x: float, ts_ms: int | None = None) -> float:
+        x = check_finite(x)
+        slot = self._slot(ts_ms)
+        if slot is None:
+            return self._overall.score_value(x)
+        r = (x - self._levels[slot]) / self._sigma(slot)
+        d = abs(r) if self._sign == 0.0 else max(self._sign * r, 0.0)
+        return 1.0 / (1.0 + Z_HALF / d) if d > 0.0 else 0.0
+
+    def learn_value(self, x: float, w: float = 1.0, ts_ms: int | None = None) -> None:
+        self._overall.learn_value(x, w)
+        if ts_ms is None:
+            return
+        slot = int(ts_ms // HOUR_MS) % self.slots
+        count = self._counts[slot] = self._counts[slot] + 1
+        if count == 1:
+            self._levels[slot] = x
+            self._mads[slot] = self._overall.spread() / _SIGMA_PER_MAD
+            return
+        r = x - self._levels[slot]
+        self._levels[slot] += max(self._alpha, 1.0 / count) * w * r
+        spread_r = abs(r) if w >= 1.0 else min(abs(r), self.suspect_clip * self._sigma(slot))
+        self._mads[slot] += max(self._alpha, 1.0 / count) * w * (spread_r - self._mads[slot])
+
+    def level_at(self, ts_ms: int | None = None) -> float:
+        slot = self._slot(ts_ms)
+        return self._overall.level if slot is None else self._levels[slot]
+
+    def expected_range(self, ts_ms: int | None = None) -> tuple[float, float]:
+        slot = self._slot(ts_ms)
+        if slot is None:
+            return self._overall.expected_range()
+        half_width = Z_HALF * self._sigma(slot)
+        level = self._levels[slot]
+        low = -math.inf if self.direction is Direction.HIGHER else level - half_width
+        high = math.inf if self.direction is Direction.LOWER else level + half_width
+        return (low, high)
+
+    def _sigma(self, slot: int) -> float:
+        level = self._levels[slot]
+        return max(_SIGMA_PER_MAD * self._mads[slot], _FLOAT_NOISE_REL * abs(level) + _FLOAT_NOISE_ABS)
+
+    @classmethod
+    def _unit_test_params(cls) -> Any:  # River's estimator checks
+        yield {}
+
+
+def make_detector(rule: MetricRule, detection: DetectionConfig) -> RobustZScore | SeasonalProfile:
     """The detector a metric rule asks for, configured from the rule and the detection settings."""
     if rule.detector == "zscore":
         return RobustZScore(
+            direction=rule.direction,
+            half_life=detection.half_life,
+            spread_half_life=detection.spread_half_life,
+        )
+    if rule.detector == "seasonal":
+        return SeasonalProfile(
             direction=rule.direction,
             half_life=detection.half_life,
             spread_half_life=detection.spread_half_life,

@@ -140,17 +140,17 @@ class SeriesGuard:
             return SeriesState.LEARNING
         return SeriesState.ANOMALOUS if self._is_open else SeriesState.NORMAL
 
-    def peek(self, value: float) -> float:
-        """The score ``value`` would be reported with now, without learning it or changing any state (a
-        point whose timestamp does not advance is judged, never learned)."""
-        return self._reported(self._normalised(value, learn=False))
+    def peek(self, value: float, ts_ms: int | None = None) -> float:
+        """The score ``value`` (at ``ts_ms``) would be reported with now, without learning it or changing
+        any state (a point whose timestamp does not advance is judged, never learned)."""
+        return self._reported(self._normalised(value, ts_ms, learn=False))
 
     def observe(self, ts_ms: int, value: float) -> Transition | None:
         """Score ``value``, update the state, learn it. Returns the transition it caused, if any.
 
         Raises ``ValueError`` for NaN or infinite values (pass stale markers to :meth:`end`).
         """
-        score = self._normalised(value, learn=True)
+        score = self._normalised(value, ts_ms, learn=True)
         warm = self.detector.n >= self.warmup
         transition: Transition | None = None
         if self._is_open:
@@ -183,7 +183,7 @@ class SeriesGuard:
         if transition is None or transition.kind is TransitionKind.RESOLVED:
             self.score = self._reported(score) if warm else 0.0
         suspect = self._is_open or self._streak > 0
-        self.detector.learn_value(value, self.suspect_weight if suspect else 1.0)
+        self.detector.learn_value(value, self.suspect_weight if suspect else 1.0, ts_ms)
         return transition
 
     def end(self, ts_ms: int) -> Transition | None:
@@ -195,10 +195,10 @@ class SeriesGuard:
         self._streak = 0
         return transition
 
-    def _normalised(self, value: float, *, learn: bool) -> float:
+    def _normalised(self, value: float, ts_ms: int | None, *, learn: bool) -> float:
         detector = self.detector
-        raw = detector.score_value(value)
-        return self.calibrator.observe(value, raw, detector.level, learn=learn)
+        raw = detector.score_value(value, ts_ms)
+        return self.calibrator.observe(value, raw, detector.level_at(ts_ms), learn=learn)
 
     def _reported(self, score: float) -> float:
         if self.detector.n < self.warmup:
@@ -207,7 +207,7 @@ class SeriesGuard:
 
     def _transition(self, kind: TransitionKind, ts_ms: int, value: float | None, score: float) -> Transition:
         # Called before the sample is learned: the band is the one the sample was judged against.
-        low, high = self.detector.expected_range()
+        low, high = self.detector.expected_range(ts_ms)
         return Transition(
             kind=kind,
             ts_ms=ts_ms,
