@@ -12,6 +12,7 @@ import random
 import signal
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from engine.bank import ModelBank
-from engine.config import VigilConfig
+from engine.config import MetricRule, VigilConfig
 from engine.processor import Processor, Source
 from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
 from tests.conftest import Worker, isolated_config, read_topic
@@ -182,10 +183,15 @@ def start_worker(config: VigilConfig, started: list[Worker]) -> Worker:
     return w
 
 
-def test_kill_9_mid_stream_loses_no_sample_and_changes_no_event(broker: Any, workers: list[Worker]) -> None:
+@pytest.mark.parametrize("detector", typing.get_args(MetricRule.model_fields["detector"].annotation))
+def test_kill_9_mid_stream_loses_no_sample_and_changes_no_event(
+    broker: Any, workers: list[Worker], detector: str
+) -> None:
+    """With every built-in detector (the rules of the worker name it)."""
     # Checkpoints every 1.5 s: a worker that committed what it read (as Faust does, every second) would
     # lose the samples read since the last checkpoint; the kill comes while records keep arriving.
     config = isolated_config(broker, checkpoint_interval_s=1.5, warmup=20)
+    config = config.model_copy(update={"rules": (MetricRule(match=".*", detector=detector),)})
     series, points = 8, 400  # an anomaly stays open >= rest_after_alarm (100) samples: room for two
     records = stream(config, series=series, points=points, per_record=4)
     expected = expected_events(config, records)
@@ -313,7 +319,10 @@ def test_an_oversized_dead_letter_is_cut_to_the_topic_limit_and_the_agent_goes_o
     incident = encode_batch(
         [
             Series(
-                "svc", "errors_total:rate", "", [(T0 + i * STEP, 1.0 if i < 60 else 50.0) for i in range(70)]
+                "svc",
+                "errors_total:rate",
+                "",
+                [(T0 + i * STEP, 1.0 if i < 250 else 50.0) for i in range(260)],  # past the learning period
             )
         ]
     )

@@ -76,9 +76,12 @@ def test_the_default_learning_period_is_at_most_200_samples_and_says_learning() 
     assert guard.state is SeriesState.NORMAL
 
 
+@pytest.mark.parametrize("new_extreme", [0.0, 0.02])
 @pytest.mark.parametrize("sensitivity", list(Sensitivity))
-def test_a_3x_step_after_learning_opens_within_20_samples(sensitivity: Sensitivity) -> None:
-    guard = SeriesGuard(rule(sensitivity=sensitivity), DEFAULTS)
+def test_a_3x_step_after_learning_opens_within_20_samples(
+    sensitivity: Sensitivity, new_extreme: float
+) -> None:
+    guard = SeriesGuard(rule(sensitivity=sensitivity, new_extreme=new_extreme), DEFAULTS)
     learning = noise(DEFAULTS.warmup, sigma=5.0, seed=2)
     assert feed(guard, learning) == []
     events = feed(guard, [3 * x for x in noise(20, sigma=5.0, seed=3)], start=DEFAULTS.warmup)
