@@ -27,14 +27,14 @@ import orjson
 from engine import plain
 from engine.config import MetricRule, VigilConfig
 from engine.events import anomaly_event
-from engine.guard import SeriesGuard
+from engine.guard import SeriesGuard, TransitionKind
 from engine.preparation import FamilyTypes, Prepared, Preparer
 from engine.raw import RawSeries, WriteRequest
 from engine.samples import Series, family_of, partition_for, sample_key
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT: Final = 2
+CHECKPOINT_FORMAT: Final = 3  # 3: calibration stages, River detector
 RIVER_VERSION: Final = version("river")
 PART_BYTES: Final = 512 * 1024  # table entries stay well below Kafka's default 1 MB message limit
 RULE_CACHE: Final = 65_536  # metric names whose rule is remembered (matching the rules' regexes per point
@@ -76,7 +76,7 @@ def _frame(header: dict[str, Any], payload: bytes) -> bytes:
 
 def _unframe(blob: bytes) -> tuple[dict[str, Any], bytes]:
     if not blob.startswith(_MAGIC):
-        raise CheckpointRefused("not a Vigil checkpoint (no format 2 header)")
+        raise CheckpointRefused("not a Vigil checkpoint (no Vigil checkpoint header)")
     start = len(_MAGIC) + 4
     size = int.from_bytes(blob[len(_MAGIC) : start], "big")
     try:
@@ -149,10 +149,14 @@ class ModelBank:
             counts[name] = counts.get(name, 0) + n
         return prepared
 
-    def observe(self, series: Series, key: bytes | None = None) -> list[dict[str, Any]]:
+    def observe(
+        self, series: Series, key: bytes | None = None, trace: list[tuple[float, bool]] | None = None
+    ) -> list[dict[str, Any]]:
         """Score then learn every point of ``series`` (prepared); return the verdict events it caused.
 
         ``key`` is the sample key it was derived from; by default that of its service and metric family.
+        With ``trace``, (reported score, opened) is appended per point with a value (the backtest's rows): a
+        point whose timestamp does not advance is scored but neither learned nor able to open anything.
         """
         if key is None:
             key = sample_key(series.service, family_of(series.metric))
@@ -168,10 +172,15 @@ class ModelBank:
             skipped = guard.admit(ts)  # the per-series watermark: a re-read point is not learned twice
             if skipped is not None:
                 counts[skipped] = counts.get(skipped, 0) + 1
+                if trace is not None and value is not None:
+                    trace.append((guard.peek(value, ts), False))
                 continue
             transition = guard.end(ts) if value is None else guard.observe(ts, value)
             if transition is not None:
                 events.append(anomaly_event(series.service, series.metric, series.instance, rule, transition))
+            if trace is not None and value is not None:
+                opened = transition is not None and transition.kind is TransitionKind.OPENED
+                trace.append((guard.score, opened))
         return events
 
     def rule_for(self, metric: str) -> MetricRule:
