@@ -398,7 +398,7 @@ def test_sends_that_time_out_are_retried_and_nothing_is_lost(kind: str, tmp_path
         config = isolated_config(proxy, checkpoint_interval_s=1.0, warmup=20)
         kafka = config.kafka.model_copy(update={"embedded_quirks": kind == "embedded", "ack_timeout_s": 1.5})
         config = config.model_copy(update={"kafka": kafka})
-        series, points = 4, 160
+        series, points = 4, 400  # an anomaly stays open >= rest_after_alarm (100) samples
         records = stream(config, series=series, points=points, per_record=4)
         expected = expected_events(config, records)
         assert len(expected) >= 2 * series, "the stream must raise and resolve incidents"
