@@ -225,6 +225,56 @@ def poll(
     raise typer.Exit(status)
 
 
+@app.command()
+def verify(
+    service: Annotated[str, typer.Option(help="the service (value of labels.service)")],
+    baseline: Annotated[str, typer.Option(help='label matchers of the baseline, e.g. version="v41"')],
+    canary: Annotated[str, typer.Option(help='label matchers of the canary, e.g. version="v42"')],
+    config: ConfigOption = None,
+    pack: Annotated[list[str] | None, typer.Option(help="a metric pack (repeatable)")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="NAME=QUERY with {{selector}} (repeatable)")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="RFC 3339 start of a past window to replay")] = None,
+    end: Annotated[str | None, typer.Option(help="RFC 3339 end of the window (with --start)")] = None,
+    duration: Annotated[str | None, typer.Option(help="live: judge for this long, e.g. 30m")] = None,
+    step: Annotated[str, typer.Option(help="step between looks")] = "15s",
+    source: Annotated[str | None, typer.Option(help="poller source (default: the first)")] = None,
+    instance_label: Annotated[str | None, typer.Option(help="default: labels.instance")] = None,
+    sensitivity: Annotated[str, typer.Option(help="low, medium or high")] = "medium",
+    no_fail_fast: Annotated[
+        bool, typer.Option("--no-fail-fast", help="judge the whole window even after a fail")
+    ] = False,
+    json: Annotated[bool, typer.Option("--json", help="print the verdict document as JSON")] = False,
+) -> None:
+    """Judge a canary against its baseline in-process: exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
+    from connectors.prometheus import QueryError
+    from vigil.verify import parse_metric, run_verify
+
+    cfg = _load(config)
+    try:
+        doc: dict[str, object] = {
+            "service": service,
+            "baseline": baseline,
+            "canary": canary,
+            "pack": pack or [],
+            "metrics": [parse_metric(m) for m in metric or []],
+            "step": step,
+            "sensitivity": sensitivity,
+            "fail_fast": not no_fail_fast,
+        }
+        optional = {"start": start, "end": end, "duration": duration, "source": source}
+        doc |= {k: v for k, v in optional.items() if v is not None}
+        if instance_label is not None:
+            doc["instance_label"] = instance_label
+        status = asyncio.run(run_verify(cfg, doc, as_json=json))
+    except QueryError as exc:
+        raise _fail(VigilError(f"query {exc.kind}: {exc}")) from None
+    except VigilError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(status)
+
+
 @config_app.command("check")
 def config_check(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML configuration file")],

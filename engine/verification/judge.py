@@ -81,12 +81,15 @@ class Settings:
     step_s: float = 15.0
     pass_score: float | None = None
     marginal_score: float | None = None
+    #: the sign tests take every stride-th step: values of rate(x[1m]) 15 s apart share most of their
+    #: window, so only those a window apart count as independent (counts need no thinning: see RateTest).
+    stride: int = 1
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.min_samples < 1 or self.step_s <= 0:
-            raise ValueError("min_samples and step_s must be positive")
+        if self.min_samples < 1 or self.step_s <= 0 or self.stride < 1:
+            raise ValueError("min_samples, step_s and stride must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,8 @@ class Observation:
     canary_counts: Counts | None = None
     baseline_instances: Mapping[str, float] = field(default_factory=dict)
     canary_instances: Mapping[str, float] = field(default_factory=dict)
+    baseline_instance_counts: Mapping[str, Counts] = field(default_factory=dict)
+    canary_instance_counts: Mapping[str, Counts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,55 +192,101 @@ class Paired:
         return sign_log_e(lo, n - (hi - lo))
 
 
+class CountState:
+    """Counts of the canary (or one canary instance) against the baseline: both sides' rate tests."""
+
+    __slots__ = ("min_abs", "rates", "steps", "sums")
+
+    def __init__(self, spec: MetricSpec) -> None:
+        theta = 1 + spec.min_rel
+        self.min_abs = spec.min_abs
+        self.rates = {
+            Result.HIGH: RateTest(theta, higher=True),
+            Result.LOW: RateTest(1 / theta, higher=False),
+        }
+        self.sums = [0.0, 0.0, 0.0, 0.0]  # canary events, canary traffic, baseline events, baseline traffic
+        self.steps = 0
+
+    def add(self, canary: Counts, baseline: Counts, step_s: float) -> None:
+        if canary.traffic <= 0 or baseline.traffic <= 0:
+            return
+        c, b = canary, baseline
+        for test in self.rates.values():
+            test.add(c.events * step_s, c.traffic * step_s, b.events * step_s, b.traffic * step_s)
+        for i, v in enumerate((c.events, c.traffic, b.events, b.traffic)):
+            self.sums[i] += v * step_s
+        self.steps += 1
+
+    def log_e(self, side: Result) -> float:
+        """The rate test's evidence, 0 while the rate difference is within ``min_abs`` (this only removes
+        rejections, so the guarantee stays)."""
+        ce, ct, be, bt = self.sums
+        if ct <= 0 or bt <= 0:
+            return 0.0
+        diff = ce / ct - be / bt
+        beyond = diff > self.min_abs if side is Result.HIGH else -diff > self.min_abs
+        return self.rates[side].log_e if beyond else 0.0
+
+    def rates_seen(self) -> tuple[float | None, float | None]:
+        """(baseline rate, canary rate) so far."""
+        ce, ct, be, bt = self.sums
+        return (be / bt if bt > 0 else None), (ce / ct if ct > 0 else None)
+
+
 class MetricState:
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
         self.paired = Paired()
         self.canary: list[float] = []
         self.baseline: list[float] = []
-        theta = 1 + spec.min_rel
-        self.rates = {
-            Result.HIGH: RateTest(theta, higher=True),
-            Result.LOW: RateTest(1 / theta, higher=False),
-        }
-        self.sums = [0.0, 0.0, 0.0, 0.0]  # canary events, canary traffic, baseline events, baseline traffic
-        self.count_steps = 0
+        self.counts = CountState(spec)
+        self.paired_steps = 0
+        self.baseline_steps = 0
         self.instances: dict[str, Paired] = {}
+        self.instance_counts: dict[str, CountState] = {}
 
     @property
     def samples(self) -> int:
-        return self.count_steps if self.spec.counts else len(self.paired.diffs)
+        """Steps with data on both sides (all of them, also those the stride leaves out)."""
+        return self.counts.steps if self.spec.counts else self.paired_steps
 
-    def add(self, seen: Observation, step_s: float) -> None:
+    def add(self, seen: Observation, step_s: float, *, independent: bool = True) -> None:
+        """One step; ``independent``: this step also feeds the sign tests (see ``Settings.stride``)."""
+        if seen.baseline is not None:
+            self.baseline_steps += 1
         if seen.canary is not None and seen.baseline is not None:
-            self.paired.add(seen.canary, seen.baseline)
+            self.paired_steps += 1
+            if independent:
+                self.paired.add(seen.canary, seen.baseline)
             self.canary.append(seen.canary)
             self.baseline.append(seen.baseline)
         if self.spec.counts and seen.canary_counts and seen.baseline_counts:
-            c, b = seen.canary_counts, seen.baseline_counts
-            if c.traffic > 0 and b.traffic > 0:
-                for test in self.rates.values():
-                    test.add(c.events * step_s, c.traffic * step_s, b.events * step_s, b.traffic * step_s)
-                for i, v in enumerate((c.events, c.traffic, b.events, b.traffic)):
-                    self.sums[i] += v * step_s
-                self.count_steps += 1
-        if seen.canary_instances and seen.baseline_instances:
-            reference = statistics.median(seen.baseline_instances.values())
+            self.counts.add(seen.canary_counts, seen.baseline_counts, step_s)
+        if self.spec.counts and seen.canary_instance_counts and seen.baseline_instance_counts:
+            # each canary instance against all the baseline's events and traffic
+            base = seen.baseline_instance_counts.values()
+            reference = Counts(sum(c.events for c in base), sum(c.traffic for c in base))
+            for name, own in seen.canary_instance_counts.items():
+                self.instance_counts.setdefault(name, CountState(self.spec)).add(own, reference, step_s)
+        elif seen.canary_instances and seen.baseline_instances and independent:
+            reference_value = statistics.median(seen.baseline_instances.values())
             for name, value in seen.canary_instances.items():
-                self.instances.setdefault(name, Paired()).add(value, reference)
+                self.instances.setdefault(name, Paired()).add(value, reference_value)
 
     def log_e(self, side: Result) -> float:
         if self.spec.counts:
-            return self.rates[side].log_e if self.abs_exceeded(side) else 0.0
+            return self.counts.log_e(side)
         return self.paired.log_e(side, self.paired.threshold(self.spec))
 
-    def abs_exceeded(self, side: Result) -> bool:
-        """Counts: the rate difference itself must pass ``min_abs`` (this only removes rejections)."""
-        ce, ct, be, bt = self.sums
-        if ct <= 0 or bt <= 0:
-            return False
-        diff = ce / ct - be / bt
-        return diff > self.spec.min_abs if side is Result.HIGH else -diff > self.spec.min_abs
+    def instance_names(self) -> set[str]:
+        return set(self.instances) | set(self.instance_counts)
+
+    def instance_log_e(self, name: str, side: Result) -> float | None:
+        """An instance's evidence on ``side``; None when it has no data for this metric."""
+        if name in self.instance_counts:
+            return self.instance_counts[name].log_e(side)
+        paired = self.instances.get(name)
+        return None if paired is None else paired.log_e(side, paired.threshold(self.spec))
 
 
 class Judge:
@@ -258,7 +309,7 @@ class Judge:
 
     # --- the error budget ---------------------------------------------------------------------------
     def _instances_seen(self) -> set[str]:
-        return {name for state in self.states.values() for name in state.instances}
+        return {name for state in self.states.values() for name in state.instance_names()}
 
     def log_threshold(self) -> float:
         """log(1/alpha) of one aggregate test."""
@@ -294,9 +345,10 @@ class Judge:
                 self.no_traffic_since = at_ms
             return None
         self.no_traffic_since = None
+        index = round((at_ms - self.first_ms) / (self.settings.step_s * 1000))
         for name, state in self.states.items():
             if name in seen:
-                state.add(seen[name], self.settings.step_s)
+                state.add(seen[name], self.settings.step_s, independent=index % self.settings.stride == 0)
         if self.failed is not None:
             return Outcome.FAIL  # final, but the evidence keeps growing (e.g. which pod is bad)
         if self._regressed():
@@ -312,9 +364,8 @@ class Judge:
             sides = state.spec.bad_sides
             if state.samples and any(state.log_e(side) >= limit for side in sides):
                 return True
-            for paired in state.instances.values():
-                tau = paired.threshold(state.spec)
-                if any(paired.log_e(side, tau) >= per_instance for side in sides):
+            for name in state.instance_names():
+                if any((state.instance_log_e(name, side) or 0.0) >= per_instance for side in sides):
                     return True
         return False
 
@@ -326,9 +377,7 @@ class Judge:
         high, low = state.log_e(Result.HIGH), state.log_e(Result.LOW)
         result = Result.HIGH if high >= limit else Result.LOW if low >= limit else Result.PASS
         two = mann_whitney(state.canary, state.baseline)
-        base_rate = canary_rate = None
-        if spec.counts and state.sums[1] > 0 and state.sums[3] > 0:
-            canary_rate, base_rate = state.sums[0] / state.sums[1], state.sums[2] / state.sums[3]
+        base_rate, canary_rate = state.counts.rates_seen() if spec.counts else (None, None)
         return MetricReport(
             name=spec.name,
             result=result,
@@ -354,11 +403,10 @@ class Judge:
         for name in names:
             health, results = Health.HEALTHY, {}
             for state in self.states.values():
-                paired = state.instances.get(name)
-                if paired is None:
+                high, low = state.instance_log_e(name, Result.HIGH), state.instance_log_e(name, Result.LOW)
+                if high is None or low is None:
                     continue
-                tau = paired.threshold(state.spec)
-                es = {side: paired.log_e(side, tau) for side in (Result.HIGH, Result.LOW)}
+                es = {Result.HIGH: high, Result.LOW: low}
                 result = next((s for s, e in es.items() if e >= limit), Result.PASS)
                 results[state.spec.name] = result
                 worst = max(es[s] for s in state.spec.bad_sides)
@@ -379,10 +427,13 @@ class Judge:
         judged = [(r, self.states[r.name].spec) for r in reports if r.result is not Result.NODATA]
         total = sum(spec.weight for _, spec in judged)
         score = 100 * sum(spec.weight for r, spec in judged if not r.regression) / total if total else None
+        # A metric neither side has (a pack's latency on a service without the histogram) is not judged;
+        # one the baseline has and the canary lacks, or too few steps, is data missing.
+        absent = [r.name for r in reports if self.states[r.name].baseline_steps == 0 and r.samples == 0]
         missing = tuple(
             f"{r.name}: {r.samples} samples, need {self.settings.min_samples}"
             for r in reports
-            if r.samples < self.settings.min_samples
+            if r.samples < self.settings.min_samples and r.name not in absent
         )
         if self.no_traffic_since is not None:
             missing = (f"no canary traffic since {clock(self.no_traffic_since)}", *missing)
@@ -434,4 +485,7 @@ class Judge:
                 return done(Outcome.INCONCLUSIVE, f"score {score:.0f} is marginal", True)
         if missing:
             return done(Outcome.INCONCLUSIVE, "not enough data: " + "; ".join(missing), True)
-        return done(Outcome.PASS, f"no regression beyond the ignore thresholds over {self.steps} steps", True)
+        reason = f"no regression beyond the ignore thresholds over {self.steps} steps"
+        if absent:
+            reason += f"; not judged (no data on either side): {', '.join(absent)}"
+        return done(Outcome.PASS, reason, True)

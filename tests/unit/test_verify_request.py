@@ -1,0 +1,117 @@
+"""Verification requests: defaults, the plan's queries, and every bad input refused with its field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.config import Direction, MetricType, VigilConfig
+from engine.errors import ConfigError
+from engine.verification.request import parse_request, plan
+from vigil.cli import app
+
+CONFIG = VigilConfig(poller={"sources": [{"name": "main", "url": "http://127.0.0.1:9"}]})
+BASE: dict[str, Any] = {
+    "service": "checkout",
+    "baseline": 'version="v41"',
+    "canary": 'version="v42"',
+    "pack": ["http"],
+    "start": "2026-11-01T19:00:00Z",
+    "end": "2026-11-01T19:30:00Z",
+}
+
+
+def test_defaults_and_the_plan() -> None:
+    request = parse_request(
+        BASE | {"metrics": [{"name": "my_errors", "query": 'sum(e{job="checkout",{{selector}}})'}]}
+    )
+    assert request.type == "canary"
+    assert request.step_s == 15.0
+    made = plan(request, CONFIG)
+    assert made.source == "main"
+    assert made.instance_label == "instance"
+    assert made.settings.alpha == 0.01
+    assert made.settings.stride == 4  # rate(...[1m]) at 15 s
+    by_name = {m.spec.name: m for m in made.metrics}
+    assert by_name["my_errors"].queries["canary"]["query"] == 'sum(e{job="checkout",version="v42"})'
+    assert by_name["my_errors"].spec.direction is Direction.HIGHER  # from the default rules
+    errors = by_name["http_error_ratio"]
+    assert errors.spec.counts
+    assert errors.spec.type is MetricType.ERRORS
+    assert 'version="v41"' in errors.queries["baseline"]["numerator"]
+    assert errors.queries["canary"]["instance_numerator"].startswith("sum by (instance) (rate(")
+    assert "{{" not in str(errors.queries)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+        ({"pack": ["nope"]}, "pack.0:"),
+        ({"pack": [], "metrics": []}, "nothing to verify"),
+        ({"baseline": "version}"}, "baseline:"),
+        ({"canary": ""}, "canary:"),
+        ({"step": "fast"}, "step:"),
+        ({"step": "0s"}, "between 1s and 7 days"),
+        ({"start": "2026-11-01T19:00:00"}, "needs a time zone"),
+        ({"end": "2026-11-01T18:00:00Z"}, "end is not after start"),
+        ({"end": None}, "give end"),
+        ({"sensitivity": "extreme"}, "sensitivity:"),
+        ({"type": "before_after"}, "type:"),
+        ({"metrics": [{"name": "a", "query": "x", "numerator": "n"}]}, "numerator and denominator"),
+        ({"metrics": [{"name": "a b", "query": "x"}]}, "metrics.0.name"),
+        ({"metrics": [{"name": "a", "query": "x", "weight": -1}]}, "weight"),
+        ({"metrics": [{"name": "a", "query": "x"}, {"name": "a", "query": "y"}]}, "repeat"),
+        ({"service": "x" * 5000}, "service:"),
+        ({"metrics": [{"name": f"m{i}", "query": "x"} for i in range(501)]}, "metrics:"),
+    ],
+)
+def test_bad_requests_name_the_field(change: dict[str, Any], message: str) -> None:
+    doc = {k: v for k, v in (BASE | change).items() if v is not None}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        parse_request(doc)
+
+
+@pytest.mark.parametrize("doc", [None, [], "x", 3, {"service": {"nested": 1}}])
+def test_hostile_shapes_are_refused(doc: object) -> None:
+    with pytest.raises(ConfigError):
+        parse_request(doc)
+
+
+def test_an_unknown_source_is_refused() -> None:
+    with pytest.raises(ConfigError, match="no source named 'other'"):
+        plan(parse_request(BASE | {"source": "other"}), CONFIG)
+    with pytest.raises(ConfigError, match=r"poller\.sources is empty"):
+        plan(parse_request(BASE), VigilConfig())
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "vigil.yaml"
+    path.write_text("poller:\n  sources: [{name: main, url: 'http://127.0.0.1:9', retries: 0}]\n")
+    return path
+
+
+COMMON = ["--service", "s", "--baseline", 'v="1"', "--canary", 'v="2"']
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pack", "nope", "--start", "2026-01-01T00:00:00Z", "--end", "2026-01-01T01:00:00Z"], "pack.0"),
+        (["--pack", "http"], "give end"),
+        (["--metric", "novalue", "--duration", "5m"], "--metric: expected NAME=QUERY"),
+        (["--pack", "http", "--duration", "5m", "--source", "x"], "no source named 'x'"),
+        (
+            ["--pack", "http", "--start", "2026-01-01T00:00:00Z", "--end", "2026-01-01T01:00:00Z"],
+            "cannot reach",
+        ),
+    ],
+)
+def test_vigil_verify_bad_input_exits_2(config: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["verify", "-c", str(config), *COMMON, *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
