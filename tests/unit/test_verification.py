@@ -294,3 +294,24 @@ def test_bad_inputs_are_refused() -> None:
         Judge([LATENCY, LATENCY])
     with pytest.raises(ValueError, match="alpha"):
         Settings(alpha=1.5)
+
+
+def smoothed_aa(seed: int, stride: int, steps: int = 120) -> bool:
+    """An A/A run whose values are rate()-like moving averages over 4 steps; True if it ever fails."""
+    rng = random.Random(seed)
+    spec = strict(MetricSpec("latency", Direction.BOTH))
+    judge = Judge([spec], Settings(alpha=0.05, stride=stride))
+    raw = [(rng.gauss(0, 1), rng.gauss(0, 1)) for _ in range(steps + 3)]
+    for i in range(steps):
+        window = raw[i : i + 4]
+        base, canary = (100 + sum(w[k] for w in window) / 4 for k in (0, 1))
+        if judge.look(T0 + i * STEP_MS, {"latency": Observation(base, canary)}) is Outcome.FAIL:
+            return True
+    return False
+
+
+def test_a_stride_of_the_rate_window_keeps_the_level_on_smoothed_series() -> None:
+    """Overlapping rate() windows make successive differences dependent; every 4th step is independent."""
+    runs = 400
+    fails = sum(smoothed_aa(seed, stride=4) for seed in range(runs))
+    assert fails / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs), fails
