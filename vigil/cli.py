@@ -59,6 +59,7 @@ def run(config: ConfigOption = None) -> None:
         "worker",
         *(["ingest"] if cfg.receiver.enabled else []),
         *(["poller"] if cfg.poller.enabled else []),
+        *(["api"] if cfg.api.enabled else []),
     ]
     raise typer.Exit(supervise(config, cfg, parts))
 
@@ -115,6 +116,25 @@ def poller(
         run_poller(cfg)
     except VigilError as exc:
         # exit 2 is a configuration error, which `vigil run` does not restart; Kafka being away is not one
+        typer.echo(f"vigil: {exc}", err=True)
+        raise typer.Exit(1 if exc.retriable else 2) from None
+
+
+@app.command()
+def api(
+    config: ConfigOption = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warn or error")] = "warn",
+) -> None:
+    """Run the HTTP API (verifications) against kafka.bootstrap_servers until SIGINT/SIGTERM."""
+    cfg = _load(config)
+    if cfg.kafka.embedded:
+        raise _fail(VigilError("`vigil api` needs kafka.bootstrap_servers; `vigil run` starts a broker"))
+    from connectors.api import run_api
+
+    logging.getLogger().setLevel(loglevel.upper())
+    try:
+        run_api(cfg)
+    except VigilError as exc:
         typer.echo(f"vigil: {exc}", err=True)
         raise typer.Exit(1 if exc.retriable else 2) from None
 

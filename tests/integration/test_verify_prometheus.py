@@ -8,8 +8,6 @@ jitter). The http pack judges 30 minutes of it, replayed step by step.
 
 from __future__ import annotations
 
-import math
-import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,72 +17,14 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from tests.fixtures.canary import END, START, generate
 from tests.fixtures.prometheus import Prometheus
-from tests.fixtures.tsdb import families, prometheus_with
+from tests.fixtures.tsdb import prometheus_with
 from vigil.cli import app
 
 pytestmark = [pytest.mark.integration]
 
 assert shutil.which("promtool"), "needs Debian's `prometheus` package (apt-get install prometheus)"
-
-T0 = 1_796_205_600  # 2026-12-02T10:00:00Z
-STEPS = 34 * 4  # 15 s scrapes
-START, END = "2026-12-02T10:02:00Z", "2026-12-02T10:32:00Z"
-BASELINE, CANARY = ("b-0", "b-1", "b-2"), ("c-0", "c-1", "c-2")
-LADDER = [f"{0.005 * 1.25**k:.6g}" for k in range(32)] + ["+Inf"]
-#: scenario -> how the canary differs
-SCENARIOS: dict[str, dict[str, Any]] = {
-    "clean": {},
-    "errors5": {"errors": 5.0},
-    "idle": {"traffic": 0.0},
-    "badpod": {"bad_pod": "c-1"},
-    "fewerrors": {"base_ratio": 0.0, "canary_errors_at": (30, 60, 90)},
-}
-
-
-def lognormal_cdf(x: float, median: float, sigma: float) -> float:
-    if math.isinf(x):
-        return 1.0
-    return 0.5 * math.erfc(-(math.log(x / median)) / (sigma * math.sqrt(2)))
-
-
-def generate(seed: int = 7) -> str:
-    rng = random.Random(seed)
-    requests: dict[tuple[tuple[str, str], ...], list[tuple[int, float]]] = {}
-    buckets: dict[tuple[tuple[str, str], ...], list[tuple[int, float]]] = {}
-    for job, shape in SCENARIOS.items():
-        totals: dict[tuple[str, str], float] = {}
-        seen: dict[tuple[str, str], float] = {}
-        for k in range(STEPS + 1):
-            t = T0 + 15 * k
-            load = 20 * (1 + 0.2 * math.sin(k / 20)) * math.exp(rng.gauss(0, 0.05))
-            for pod in BASELINE + CANARY:
-                canary = pod in CANARY
-                version = "v42" if canary else "v41"
-                traffic = shape.get("traffic", 1.0) if canary else 1.0
-                mean = load * 15 * traffic
-                n = max(0, round(rng.gauss(mean, math.sqrt(mean)))) if mean > 0 else 0
-                ratio = shape.get("base_ratio", 0.01)
-                if canary:
-                    ratio *= shape.get("errors", 1.0)
-                    if pod == shape.get("bad_pod"):
-                        ratio *= 10
-                errors = sum(rng.random() < ratio for _ in range(n)) if ratio > 0 else 0
-                if canary and k in shape.get("canary_errors_at", ()) and pod == "c-0":
-                    errors += 1
-                base = {"job": job, "version": version, "pod": pod}
-                for code, count in (("200", n - errors), ("500", errors)):
-                    key = tuple(sorted((base | {"code": code}).items()))
-                    totals[(pod, code)] = totals.get((pod, code), 0.0) + count
-                    requests.setdefault(key, []).append((t, totals[(pod, code)]))
-                median = 0.1 * (1 + load / 200) * math.exp(rng.gauss(0, 0.1))
-                for le in LADDER:
-                    key = tuple(sorted((base | {"le": le}).items()))
-                    seen[(pod, le)] = seen.get((pod, le), 0.0) + round(
-                        n * lognormal_cdf(float(le), median, 0.4)
-                    )
-                    buckets.setdefault(key, []).append((t, seen[(pod, le)]))
-    return families({"http_requests_total": requests, "http_request_duration_seconds_bucket": buckets})
 
 
 @pytest.fixture(scope="module")
