@@ -5,7 +5,9 @@ second replica that answers for and takes over another's jobs."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -265,3 +267,23 @@ async def test_another_replica_answers_and_takes_over_after_a_restart(config: Vi
                 await asyncio.sleep(0.1)
         finally:
             await second.stop()
+
+
+async def test_tls_and_basic_auth(config: VigilConfig, tmp_path: Path) -> None:
+    from tests.integration.test_receiver_prometheus import self_signed
+
+    cert_file, key_file = self_signed(tmp_path)
+    tls = {"cert_file": cert_file, "key_file": key_file}
+    server = await started(with_api(config, tls=tls, auth={"basic_username": "ci", "basic_password": "pw"}))
+    try:
+        assert server.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert_file))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+            for password, status in (("pw", 200), ("nope", 401)):
+                basic = "Basic " + base64.b64encode(f"ci:{password}".encode()).decode()
+                async with session.get(server.url + URL, headers={"Authorization": basic}) as r:
+                    assert r.status == status
+            async with session.get(server.url + URL, headers={"Authorization": "Basic %%%"}) as r:
+                assert r.status == 401
+    finally:
+        await server.stop()

@@ -115,3 +115,20 @@ def test_vigil_verify_bad_input_exits_2(config: Path, args: list[str], message: 
     result = CliRunner().invoke(app, ["verify", "-c", str(config), *COMMON, *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_vigil_api_needs_a_kafka(config: Path) -> None:
+    result = CliRunner().invoke(app, ["api", "-c", str(config)])
+    assert result.exit_code == 2
+    assert "`vigil api` needs kafka.bootstrap_servers" in result.output
+
+
+def test_the_api_section_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("api:\n  port: 70000\n")
+    result = CliRunner().invoke(app, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 2
+    assert "api.port" in result.output
+    path.write_text("api:\n  tls: {cert_file: /x.pem}\n")
+    result = CliRunner().invoke(app, ["config", "check", "-c", str(path)])
+    assert result.exit_code == 2
