@@ -237,6 +237,7 @@ class MetricState:
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
         self.paired = Paired()
+        self.pooled = Paired()  # canary pod i against baseline pod i, pods sorted by name
         self.canary: list[float] = []
         self.baseline: list[float] = []
         self.counts = CountState(spec)
@@ -272,11 +273,20 @@ class MetricState:
             reference_value = statistics.median(seen.baseline_instances.values())
             for name, value in seen.canary_instances.items():
                 self.instances.setdefault(name, Paired()).add(value, reference_value)
+            pods = sorted(seen.canary_instances.items()), sorted(seen.baseline_instances.items())
+            for (_, canary_value), (_, base_value) in zip(*pods, strict=False):
+                self.pooled.add(canary_value, base_value)
+
+    @property
+    def evidence(self) -> Paired:
+        """What the sign test of the metric reads: pod pairs when there are instance series (independent
+        given the load they share, so k pairs a step give k signs), else the aggregate's difference."""
+        return self.pooled if self.pooled.diffs else self.paired
 
     def log_e(self, side: Result) -> float:
         if self.spec.counts:
             return self.counts.log_e(side)
-        return self.paired.log_e(side, self.paired.threshold(self.spec))
+        return self.evidence.log_e(side, self.evidence.threshold(self.spec))
 
     def instance_names(self) -> set[str]:
         return set(self.instances) | set(self.instance_counts)
@@ -371,7 +381,7 @@ class Judge:
 
     # --- the verdict ---------------------------------------------------------------------------------
     def _report(self, state: MetricState, limit: float) -> MetricReport:
-        spec, paired = state.spec, state.paired
+        spec, paired = state.spec, state.evidence
         if state.samples == 0:
             return MetricReport(spec.name, Result.NODATA, False, 0, paired.threshold(spec))
         high, low = state.log_e(Result.HIGH), state.log_e(Result.LOW)
