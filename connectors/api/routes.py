@@ -136,6 +136,9 @@ async def _create(request: web.Request) -> web.Response:
         return busy
     if request.content_type != "application/json":
         return error(415, "unsupported_media_type", "send the request as Content-Type: application/json")
+    wait = _wait_s(api, request)
+    if isinstance(wait, web.Response):
+        return wait
     body = await request.read()
     try:
         doc = orjson.loads(body)
@@ -146,41 +149,54 @@ async def _create(request: web.Request) -> web.Response:
     except ConfigError as exc:
         return error(400, "invalid", str(exc)[:1000])
     location = {"Location": f"{PREFIX}/{job['id']}"}
-    return ok(public(job), 201 if created else 200, location)
+    return ok(public(await _settled(api, job["id"], wait)), 201 if created else 200, location)
 
 
 def public(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k not in ("owner", "updated_at_ms", "final")}
+    """The document as answered; ``state`` is the verdict once there is one, else the status (one field for
+    tools that read a single value, like Argo Rollouts' web provider)."""
+    out = {k: v for k, v in doc.items() if k not in ("owner", "updated_at_ms", "final")}
+    out["state"] = doc["verdict"] or doc["status"]
+    return out
+
+
+def _wait_s(api: Api, request: web.Request) -> float | web.Response:
+    raw = request.query.get("wait_s")
+    if raw is None:
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= api.config.api.max_wait_s:
+        return error(400, "invalid", f"wait_s: a number of seconds from 0 to {api.config.api.max_wait_s:g}")
+    return wait
+
+
+async def _settled(api: Api, ident: str, wait: float) -> dict[str, Any]:
+    """The job's document once its status or verdict changes, or after ``wait`` seconds."""
+    doc = api.jobs.docs[ident]
+    if wait <= 0 or doc["status"] != "running":
+        return doc
+    loop = asyncio.get_running_loop()
+    before, deadline = (doc["status"], doc["verdict"]), loop.time() + wait
+    while (api.jobs.docs[ident]["status"], api.jobs.docs[ident]["verdict"]) == before:
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        await api.jobs.changed(ident, left)
+    return api.jobs.docs[ident]
 
 
 async def _get(request: web.Request) -> web.Response:
     api = request.app[API]
     ident = request.match_info["id"]
-    raw = request.query.get("wait_s")
-    if raw is not None:
-        try:
-            wait = float(raw)
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= api.config.api.max_wait_s:
-            return error(
-                400, "invalid", f"wait_s: a number of seconds from 0 to {api.config.api.max_wait_s:g}"
-            )
-    else:
-        wait = 0.0
-    doc = api.jobs.docs.get(ident)
-    if doc is None:
+    wait = _wait_s(api, request)
+    if isinstance(wait, web.Response):
+        return wait
+    if ident not in api.jobs.docs:
         return error(404, "not_found", f"no verification {ident[:64]!r}")
-    if wait > 0 and doc["status"] == "running":
-        before = (doc["status"], doc["verdict"])
-        deadline = asyncio.get_running_loop().time() + wait
-        while (api.jobs.docs[ident]["status"], api.jobs.docs[ident]["verdict"]) == before:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            await api.jobs.changed(ident, left)
-        doc = api.jobs.docs[ident]
-    return ok(public(doc))
+    return ok(public(await _settled(api, ident, wait)))
 
 
 async def _list(request: web.Request) -> web.Response:

@@ -149,6 +149,24 @@ async def test_a_failing_canary_is_judged_and_announced(server: ApiServer) -> No
     assert failed["specversion"] == "1.0"
 
 
+async def test_post_with_wait_s_answers_with_the_verdict(server: ApiServer) -> None:
+    """A deployment tool that measures once per call (Argo's web provider): POST with a key and wait_s."""
+    body = request("errors5", key="argo-1")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url + URL, json=body, params={"wait_s": "30"}) as r:
+            assert r.status == 201
+            first = await r.json()
+        async with session.post(server.url + URL, json=body, params={"wait_s": "30"}) as r:
+            assert r.status == 200
+            again = await r.json()
+        async with session.post(server.url + URL, json=body, params={"wait_s": "-1"}) as r:
+            assert r.status == 400
+    assert first["state"] == "fail"  # the POST waited for the verdict (a replay takes about a second)
+    assert first["verdict"] == "fail"
+    assert again["id"] == first["id"]
+    assert again["state"] == "fail"
+
+
 async def test_pass_and_inconclusive(server: ApiServer) -> None:
     async with aiohttp.ClientSession() as session:
         ids = {}
@@ -159,6 +177,7 @@ async def test_pass_and_inconclusive(server: ApiServer) -> None:
         clean = await done(session, server.url, ids["clean"])
         idle = await done(session, server.url, ids["idle"])
     assert clean["verdict"] == "pass"
+    assert clean["state"] == "pass"
     assert idle["verdict"] == "inconclusive"
     assert "no canary traffic since" in idle["reason"]
 
