@@ -109,6 +109,21 @@ def openapi() -> dict[str, Any]:
                     "responses": {"200": _json(one, "cancelled"), "404": ERROR, "409": ERROR},
                 },
             },
+            "/api/v1/flagger/{kind}": {
+                "post": {
+                    "summary": "Flagger webhook: rollout, pre-rollout, confirm-*, post-rollout, rollback",
+                    "parameters": [
+                        {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {"description": "go on (a check) or roll back (rollback)"},
+                        "409": ERROR,
+                        "412": ERROR,
+                        "400": ERROR,
+                        "404": ERROR,
+                    },
+                }
+            },
             "/-/healthy": {"get": {"responses": {"200": {"description": "the process is up"}}}},
             "/-/ready": {
                 "get": {"responses": {"200": {"description": "jobs read from Kafka"}, "503": ERROR}}

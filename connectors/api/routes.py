@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from connectors.api import flagger
 from connectors.api.jobs import Jobs
 from connectors.api.openapi import openapi
 from connectors.receiver.auth import Auth
@@ -199,6 +200,30 @@ async def _get(request: web.Request) -> web.Response:
     return ok(public(await _settled(api, ident, wait)))
 
 
+async def _flagger(request: web.Request) -> web.Response:
+    api = request.app[API]
+    kind = request.match_info["kind"]
+    if kind not in flagger.KINDS:
+        return error(
+            404, "not_found", f"no Flagger hook kind {kind[:64]!r}; the kinds are {', '.join(flagger.KINDS)}"
+        )
+    if (busy := _unready(api)) is not None:
+        return busy
+    try:
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return error(400, "bad_json", f"the body is not JSON: {str(exc)[:200]}")
+    try:
+        job, _ = await api.jobs.create(parse_request(flagger.request_of(doc)))
+    except ConfigError as exc:
+        return error(400, "invalid", str(exc)[:1000])
+    status, reason = flagger.answer(kind, job)
+    body = {"id": job["id"], "state": job["verdict"] or job["status"], "reason": reason}
+    if status >= 300:
+        body["error"] = "check_failed" if kind != "rollback" else "no_rollback"
+    return ok(body, status, {"Location": f"{PREFIX}/{job['id']}"})
+
+
 async def _list(request: web.Request) -> web.Response:
     api = request.app[API]
     service = request.query.get("service")
@@ -238,4 +263,5 @@ def make_app(config: VigilConfig) -> web.Application:
     app.router.add_get(PREFIX, _list)
     app.router.add_get(PREFIX + "/{id}", _get)
     app.router.add_delete(PREFIX + "/{id}", _delete)
+    app.router.add_post("/api/v1/flagger/{kind}", _flagger)
     return app

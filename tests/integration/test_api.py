@@ -306,3 +306,53 @@ async def test_tls_and_basic_auth(config: VigilConfig, tmp_path: Path) -> None:
                 assert r.status == 401
     finally:
         await server.stop()
+
+
+def flagger_payload(name: str, **metadata: str) -> dict[str, Any]:
+    meta = {
+        "baseline": 'version="v41"',
+        "canary": 'version="v42"',
+        "pack": "http",
+        "start": START,
+        "end": END,
+    }
+    return {
+        "name": name,
+        "namespace": "shop",
+        "phase": "Progressing",
+        "checksum": "7f9c6d",
+        "metadata": meta | metadata,
+    }
+
+
+async def test_flagger_webhooks(server: ApiServer) -> None:
+    hook = server.url + "/api/v1/flagger/"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(hook + "rollout", json=flagger_payload("errors5")) as r:
+            assert r.status in (200, 412)  # running (go on), or already failed
+            ident = (await r.json())["id"]
+        await done(session, server.url, ident)
+        async with session.post(hook + "rollout", json=flagger_payload("errors5")) as r:
+            assert r.status == 412
+            body = await r.json()
+        assert body["id"] == ident
+        assert "http_error_ratio high" in body["reason"]
+        async with session.post(hook + "rollback", json=flagger_payload("errors5")) as r:
+            assert r.status == 200
+        async with session.post(hook + "confirm-promotion", json=flagger_payload("clean")) as r:
+            clean = (await r.json())["id"]
+        await done(session, server.url, clean)
+        async with session.post(hook + "confirm-promotion", json=flagger_payload("clean")) as r:
+            assert r.status == 200
+            assert (await r.json())["state"] == "pass"
+        async with session.post(hook + "rollback", json=flagger_payload("clean")) as r:
+            assert r.status == 409
+        for kind, body, status in [
+            ("rollout", {"namespace": "shop"}, 400),
+            ("rollout", flagger_payload("x", colour="blue"), 400),
+            ("rollout", flagger_payload("x", pack="nope"), 400),
+            ("nonsense", flagger_payload("x"), 404),
+        ]:
+            async with session.post(hook + kind, json=body) as r:
+                assert r.status == status, (kind, body)
+                assert (await r.json())["reason"]

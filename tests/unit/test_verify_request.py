@@ -132,3 +132,21 @@ def test_the_api_section_is_checked(tmp_path: Path) -> None:
     path.write_text("api:\n  tls: {cert_file: /x.pem}\n")
     result = CliRunner().invoke(app, ["config", "check", "-c", str(path)])
     assert result.exit_code == 2
+
+
+def test_the_flagger_example_speaks_to_these_routes() -> None:
+    import yaml
+
+    from connectors.api.flagger import KINDS, request_of
+
+    canary = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "config" / "flagger" / "canary.yaml").read_text()
+    )
+    for hook in canary["spec"]["analysis"]["webhooks"]:
+        kind = hook["url"].rsplit("/", 1)[1]
+        assert kind in KINDS
+        assert kind == hook["type"]
+        payload = {"name": "checkout", "namespace": "shop", "checksum": "1", "metadata": hook["metadata"]}
+        request = parse_request(request_of(payload))
+        assert request.duration == "30m"
+        assert request.pack == ("http", "process")
