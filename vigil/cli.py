@@ -266,10 +266,16 @@ def verify(
         bool, typer.Option("--no-fail-fast", help="judge the whole window even after a fail")
     ] = False,
     json: Annotated[bool, typer.Option("--json", help="print the verdict document as JSON")] = False,
+    api_url: Annotated[
+        str | None,
+        typer.Option("--api", help="submit to a running Vigil API (token from $VIGIL_API_TOKEN)"),
+    ] = None,
 ) -> None:
-    """Judge a canary against its baseline in-process: exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
+    """Judge a canary against its baseline: exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
+    import os
+
     from connectors.prometheus import QueryError
-    from vigil.verify import parse_metric, run_verify
+    from vigil.verify import parse_metric, run_remote, run_verify
 
     cfg = _load(config)
     try:
@@ -287,7 +293,11 @@ def verify(
         doc |= {k: v for k, v in optional.items() if v is not None}
         if instance_label is not None:
             doc["instance_label"] = instance_label
-        status = asyncio.run(run_verify(cfg, doc, as_json=json))
+        if api_url is not None:
+            token = os.environ.get("VIGIL_API_TOKEN")
+            status = asyncio.run(run_remote(api_url, doc, as_json=json, token=token))
+        else:
+            status = asyncio.run(run_verify(cfg, doc, as_json=json))
     except QueryError as exc:
         raise _fail(VigilError(f"query {exc.kind}: {exc}")) from None
     except VigilError as exc:

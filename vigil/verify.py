@@ -99,3 +99,81 @@ async def run_verify(
     out.flush()
     assert verdict.outcome is not None  # a final verdict always has one
     return EXIT[verdict.outcome]
+
+
+def doc_table(doc: dict[str, Any]) -> str:
+    """The evidence table from an API document (as :func:`table` prints a verdict)."""
+    rows = [("metric", "result", "samples", "baseline", "canary", "shift CI", "ignore <", "e-value")]
+
+    def n(v: object) -> str:
+        return "-" if not isinstance(v, int | float) else f"{v:.4g}"
+
+    for m in doc.get("metrics") or []:
+        rate = m.get("baseline_rate") is not None
+        base = m.get("baseline_rate") if rate else m.get("baseline_median")
+        canary = m.get("canary_rate") if rate else m.get("canary_median")
+        low, high = (m.get("shift_ci") or [None, None])[:2]
+        result = str(m.get("result")) + (" !" if m.get("regression") else "")
+        rows.append(
+            (
+                str(m.get("name")),
+                result,
+                str(m.get("samples")),
+                n(base),
+                n(canary),
+                f"[{n(low)}, {n(high)}]",
+                n(m.get("ignore_threshold")),
+                n(m.get("e_value")),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    for i in doc.get("instances") or []:
+        bad = [k for k, v in (i.get("metrics") or {}).items() if v != "pass"]
+        which = f" ({', '.join(bad)})" if bad else ""
+        lines.append(f"instance {i.get('instance')} ({i.get('role')}): {i.get('health')}{which}")
+    return "\n".join(lines) + "\n"
+
+
+async def run_remote(
+    api: str,
+    doc: dict[str, Any],
+    *,
+    as_json: bool,
+    token: str | None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Submit ``doc`` to a running API (``--api``), follow it, and exit as in-process."""
+    import aiohttp
+
+    out, err = out or sys.stdout, err or sys.stderr
+    base = api.rstrip("/") + "/api/v1/verifications"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=90)
+    try:
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+            async with session.post(base, json=doc) as r:
+                answer = await r.json(content_type=None)
+                if r.status >= 300:
+                    raise ConfigError(f"{api}: {r.status}: {answer.get('reason', answer)}")
+            ident = answer["id"]
+            err.write(f"verification {ident} at {base}/{ident}\n")
+            while answer["status"] == "running":
+                async with session.get(f"{base}/{ident}", params={"wait_s": "30"}) as r:
+                    answer = await r.json(content_type=None)
+                    if r.status >= 300:
+                        raise ConfigError(f"{api}: {r.status}: {answer.get('reason', answer)}")
+                progress = answer.get("progress") or {}
+                err.write(f"step {progress.get('steps')}/{progress.get('total')}: {answer['state']}\n")
+    except aiohttp.ClientError as exc:
+        raise ConfigError(f"{api}: cannot reach the API: {exc}") from None
+    if as_json:
+        out.write(orjson.dumps(answer).decode() + "\n")
+    else:
+        out.write(doc_table(answer))
+        out.write(f"verdict: {answer['state']}: {answer['reason']}\n")
+    out.flush()
+    if answer["status"] != "done":
+        raise ConfigError(f"verification {ident} is {answer['status']}: {answer['reason']}")
+    return EXIT[Outcome(answer["verdict"])]

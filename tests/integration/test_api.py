@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer
 
 from connectors.api import ApiServer
-from connectors.broker import EmbeddedBroker
+from connectors.broker import EmbeddedBroker, free_port
 from engine.config import ApiConfig, SourceConfig, VigilConfig
 from tests.conftest import isolated_config
 from tests.fixtures.canary import END, START, generate
@@ -356,3 +357,34 @@ async def test_flagger_webhooks(server: ApiServer) -> None:
             async with session.post(hook + kind, json=body) as r:
                 assert r.status == status, (kind, body)
                 assert (await r.json())["reason"]
+
+
+async def vigil_verify_api(url: str, service: str, *extra: str) -> tuple[int, str, str]:
+    args = ["-m", "vigil", "verify", "--api", url, "--service", service, "--baseline", 'version="v41"']
+    args += ["--canary", 'version="v42"', "--pack", "http", "--start", START, "--end", END, *extra]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(120):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_vigil_verify_with_api_submits_and_exits_by_the_verdict(server: ApiServer) -> None:
+    code, out, err = await vigil_verify_api(server.url, "errors5")
+    assert code == 1, err
+    assert "http_error_ratio" in out
+    assert "high !" in out
+    assert "verdict: fail: canary regressed" in out
+    code, out, err = await vigil_verify_api(server.url, "clean", "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["verdict"] == "pass"
+    code, out, err = await vigil_verify_api(server.url, "idle")
+    assert code == 3, err
+    code, out, err = await vigil_verify_api(server.url, "clean", "--pack", "nope")
+    assert code == 2
+    assert "400" in err
+    code, out, err = await vigil_verify_api(f"http://127.0.0.1:{free_port()}", "clean")
+    assert code == 2
+    assert "cannot reach the API" in err
