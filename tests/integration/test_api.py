@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from connectors.api import ApiServer
 from connectors.broker import EmbeddedBroker, free_port
 from engine.config import ApiConfig, SourceConfig, VigilConfig
-from tests.conftest import isolated_config
+from tests.conftest import Broker, isolated_config
 from tests.fixtures.canary import END, START, generate
 from tests.fixtures.prometheus import Prometheus
 from tests.fixtures.tsdb import prometheus_with
@@ -42,6 +42,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
 @pytest.fixture
 def config(broker: EmbeddedBroker, prometheus: Prometheus) -> VigilConfig:
     """Topics of its own on the session broker, the Prometheus as source ``main``, any free API port."""
+    return on_broker(broker, prometheus)
+
+
+def on_broker(broker: Broker, prometheus: Prometheus) -> VigilConfig:
     base = isolated_config(broker)
     source = SourceConfig(name="main", url=prometheus.url, retries=1)
     return base.model_copy(
@@ -258,10 +262,19 @@ async def test_bearer_auth(config: VigilConfig, tmp_path: Path) -> None:
         await server.stop()
 
 
-async def test_another_replica_answers_and_takes_over_after_a_restart(config: VigilConfig) -> None:
+@pytest.fixture(
+    params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)], ids=["embedded", "kafka"]
+)
+def both(request: pytest.FixtureRequest, prometheus: Prometheus) -> VigilConfig:
+    """As ``config``, on the embedded broker and on Apache Kafka."""
+    found: Broker = request.getfixturevalue("broker" if request.param == "embedded" else "kafka")
+    return on_broker(found, prometheus)
+
+
+async def test_another_replica_answers_and_takes_over_after_a_restart(both: VigilConfig) -> None:
     """A live verification (10 minutes from now) on replica A; A stops; B, started on the same topic,
     answers for it and takes it over once its lease (1 s here) has run out; B can cancel it."""
-    config = with_api(config, lease_s=1.0)
+    config = with_api(both, lease_s=1.0)
     first = await started(config)
     async with aiohttp.ClientSession() as session:
         live = request("clean", duration="10m")
