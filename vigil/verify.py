@@ -75,7 +75,10 @@ async def run_verify(
     out, err = out or sys.stdout, err or sys.stderr
     request = parse_request(doc)
     chosen = plan(request, config)
-    every = max(1, round(300 / chosen.settings.step_s))  # a progress line per 5 minutes of metric time
+    every = max(1, round(300 / chosen.settings.step_s))
+    strides = "/".join(
+        sorted({str(m.spec.stride) for m in chosen.metrics}, key=int)
+    )  # a progress line per 5 minutes of metric time
 
     def progress(done: int, total: int, decided: Verdict | None) -> None:
         if decided is not None and decided.decided_at_ms is not None and decided.steps == done:
@@ -86,7 +89,7 @@ async def run_verify(
     err.write(
         f"verifying {request.service}: canary {request.canary} against baseline {request.baseline}, "
         f"{len(chosen.metrics)} metrics from source {chosen.source}, every {request.step}"
-        f" (independent samples every {chosen.settings.stride} steps)\n"
+        f" (independent samples every {strides} steps)\n"
     )
     if request.duration is not None and request.end is None:
         err.write(f"live for {duration_s(request.duration):.0f} s\n")

@@ -62,6 +62,13 @@ class MetricSpec:
     weight: float = 1.0
     min_abs: float = 0.0
     min_rel: float = 0.05
+    #: the sign tests take every stride-th step: values of rate(x[1m]) 15 s apart share most of their
+    #: window, so only those a window apart count as independent (counts need no thinning: see RateTest).
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"stride must be positive, got {self.stride}")
 
     @property
     def bad_sides(self) -> tuple[Result, ...]:
@@ -81,15 +88,12 @@ class Settings:
     step_s: float = 15.0
     pass_score: float | None = None
     marginal_score: float | None = None
-    #: the sign tests take every stride-th step: values of rate(x[1m]) 15 s apart share most of their
-    #: window, so only those a window apart count as independent (counts need no thinning: see RateTest).
-    stride: int = 1
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.min_samples < 1 or self.step_s <= 0 or self.stride < 1:
-            raise ValueError("min_samples, step_s and stride must be positive")
+        if self.min_samples < 1 or self.step_s <= 0:
+            raise ValueError("min_samples and step_s must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +256,7 @@ class MetricState:
         return self.counts.steps if self.spec.counts else self.paired_steps
 
     def add(self, seen: Observation, step_s: float, *, independent: bool = True) -> None:
-        """One step; ``independent``: this step also feeds the sign tests (see ``Settings.stride``)."""
+        """One step; ``independent``: this step also feeds the sign tests (see ``MetricSpec.stride``)."""
         if seen.baseline is not None:
             self.baseline_steps += 1
         if seen.canary is not None and seen.baseline is not None:
@@ -358,7 +362,7 @@ class Judge:
         index = round((at_ms - self.first_ms) / (self.settings.step_s * 1000))
         for name, state in self.states.items():
             if name in seen:
-                state.add(seen[name], self.settings.step_s, independent=index % self.settings.stride == 0)
+                state.add(seen[name], self.settings.step_s, independent=index % state.spec.stride == 0)
         if self.failed is not None:
             return Outcome.FAIL  # final, but the evidence keeps growing (e.g. which pod is bad)
         if self._regressed():

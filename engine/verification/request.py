@@ -7,6 +7,7 @@ Everything is checked here, once: unknown fields, invalid values, an unknown sou
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import re
@@ -294,13 +295,19 @@ def plan(request: Request, config: VigilConfig) -> Plan:
             parts = split_ratio(queries.get("instance_query", "")) if one.spec.counts else None
             if parts is not None:
                 queries["instance_numerator"], queries["instance_denominator"] = parts
-    every = [q for m in metrics for q in m.queries["canary"].values()]
+    # each metric's stride from its own range selectors: a [5m] elsewhere does not slow an http metric
+    metrics = tuple(
+        MetricPlan(
+            dataclasses.replace(m.spec, stride=stride_of(list(m.queries["canary"].values()), request.step_s)),
+            m.queries,
+        )
+        for m in metrics
+    )
     settings = Settings(
         alpha=ALPHA[request.sensitivity],
         min_samples=request.min_samples,
         step_s=request.step_s,
         pass_score=request.pass_score,
         marginal_score=request.marginal_score,
-        stride=stride_of(every, request.step_s),
     )
     return Plan(request, name, instance_label, metrics, settings)

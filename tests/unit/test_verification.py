@@ -3,6 +3,7 @@ ignore thresholds, no traffic, too short a run, a single bad pod, scoring."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -299,8 +300,8 @@ def test_bad_inputs_are_refused() -> None:
 def smoothed_aa(seed: int, stride: int, steps: int = 120) -> bool:
     """An A/A run whose values are rate()-like moving averages over 4 steps; True if it ever fails."""
     rng = random.Random(seed)
-    spec = strict(MetricSpec("latency", Direction.BOTH))
-    judge = Judge([spec], Settings(alpha=0.05, stride=stride))
+    spec = dataclasses.replace(strict(MetricSpec("latency", Direction.BOTH)), stride=stride)
+    judge = Judge([spec], Settings(alpha=0.05))
     raw = [(rng.gauss(0, 1), rng.gauss(0, 1)) for _ in range(steps + 3)]
     for i in range(steps):
         window = raw[i : i + 4]

@@ -34,7 +34,6 @@ def test_defaults_and_the_plan() -> None:
     assert made.source == "main"
     assert made.instance_label == "instance"
     assert made.settings.alpha == 0.01
-    assert made.settings.stride == 4  # rate(...[1m]) at 15 s
     by_name = {m.spec.name: m for m in made.metrics}
     assert by_name["my_errors"].queries["canary"]["query"] == 'sum(e{job="checkout",version="v42"})'
     assert by_name["my_errors"].spec.direction is Direction.HIGHER  # from the default rules
@@ -44,6 +43,12 @@ def test_defaults_and_the_plan() -> None:
     assert 'version="v41"' in errors.queries["baseline"]["numerator"]
     assert errors.queries["canary"]["instance_numerator"].startswith("sum by (instance) (rate(")
     assert "{{" not in str(errors.queries)
+    assert by_name["http_error_ratio"].spec.stride == 4  # rate(...[1m]) at 15 s
+    assert by_name["my_errors"].spec.stride == 1  # no range selector
+    with_process = plan(parse_request(BASE | {"pack": ["http", "process"]}), CONFIG)
+    strides = {m.spec.name: m.spec.stride for m in with_process.metrics}
+    assert strides["process_restarts"] == 20  # changes(...[5m])
+    assert strides["http_latency_p95"] == 4  # not slowed by the process pack
 
 
 @pytest.mark.parametrize(
