@@ -106,3 +106,40 @@ def test_the_evidence_table_without_json(config: Path) -> None:
     assert "http_error_ratio" in result.stdout
     assert "high !" in result.stdout
     assert "verdict: fail: canary regressed: http_error_ratio high" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("service", "blamed", "result", "within"),
+    [
+        ("errors2", "http_error_ratio", "high", "2026-12-02T10:05:00Z"),
+        ("latency25", "http_latency_p95", "high", "2026-12-02T10:08:00Z"),
+        ("latency60", "http_latency_p95", "high", "2026-12-02T10:08:00Z"),
+        ("throughput70", "http_request_rate", "low", "2026-12-02T10:08:00Z"),
+        ("leak", "process_memory_bytes", "high", "2026-12-02T10:15:00Z"),
+    ],
+)
+def test_regressions_fail_blaming_the_metric(
+    config: Path, service: str, blamed: str, result: str, within: str
+) -> None:
+    code, doc, output = verify(config, service, "--pack", "process")
+    assert code == 1, output
+    assert metric(doc, blamed)["result"] == result, doc["reason"]
+    assert f"{blamed} {result}" in doc["reason"]
+    assert doc["decided_at"] <= within
+
+
+def test_higher_noise_with_the_same_median_passes(config: Path) -> None:
+    code, doc, output = verify(config, "noisy", "--pack", "process")
+    assert code == 0, output
+    assert metric(doc, "process_memory_bytes")["result"] == "pass"
+    assert "not judged (no data on either side): process_cpu_usage" in doc["reason"]
+
+
+def test_too_short_a_run_is_inconclusive_saying_what_is_missing(config: Path) -> None:
+    args = ["verify", "-c", str(config), "--service", "clean", "--baseline", 'version="v41"']
+    args += ["--canary", 'version="v42"', "--pack", "http", "--json"]
+    args += ["--start", "2026-12-02T10:02:00Z", "--end", "2026-12-02T10:05:00Z"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3, result.output
+    doc = orjson.loads(result.stdout.splitlines()[-1])
+    assert "http_error_ratio: 13 samples, need 20" in doc["missing"]
