@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from connectors.api.jobs import now_ms, state_of
 from engine.errors import ConfigError
 
 CHECKS = (
@@ -75,7 +76,7 @@ def request_of(doc: object) -> dict[str, Any]:
 
 def answer(kind: str, doc: dict[str, Any]) -> tuple[int, str]:
     """(status, reason) of a webhook call, from the verification's document."""
-    state = doc["verdict"] or doc["status"]
+    state = state_of(doc, now_ms())
     if kind == "rollback":
         if state == "fail":
             return 200, f"roll back: {doc['reason']}"

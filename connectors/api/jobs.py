@@ -28,7 +28,7 @@ from engine.errors import VigilError
 from engine.events import iso
 from engine.verification import Outcome, Verdict
 from engine.verification.document import verdict_document
-from engine.verification.request import Request, plan
+from engine.verification.request import Request, duration_s, plan
 
 log = logging.getLogger("vigil.api")
 
@@ -40,6 +40,37 @@ PROGRESS_EVERY_S = 2.0
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+#: a live verification still running this long after its planned end is "late" (its verdict is overdue)
+LATE_S = 150.0
+
+
+def due_at_ms(request: Request, created_ms: int) -> int | None:
+    """When a live verification's last step is judged (None for a replay, which needs no waiting)."""
+    if request.end is not None or request.duration is None:
+        return None
+    begin = request.start.timestamp() * 1000 if request.start else created_ms
+    return int(begin + duration_s(request.duration) * 1000)
+
+
+def state_of(doc: dict[str, Any], at_ms: int) -> str:
+    """One word for tools: the verdict once there is one, else the status, or ``late`` when a running
+    verification is overdue (so Argo's template reads it as Inconclusive, never as Successful).
+
+    >>> state_of({"verdict": None, "status": "running", "due_at_ms": 0}, 10**6)
+    'late'
+    >>> state_of({"verdict": "fail", "status": "done"}, 0)
+    'fail'
+    >>> state_of({"verdict": None, "status": "running", "due_at_ms": None}, 10**6)
+    'running'
+    """
+    if doc.get("verdict"):
+        return str(doc["verdict"])
+    due = doc.get("due_at_ms")
+    if doc["status"] == "running" and due is not None and at_ms > due + LATE_S * 1000:
+        return "late"
+    return str(doc["status"])
 
 
 def job_id(key: str | None) -> str:
@@ -185,6 +216,7 @@ class Jobs:
             "missing": [],
             "progress": {"steps": 0, "total": None},
             "created_at": iso(now_ms()),
+            "due_at_ms": due_at_ms(request, now_ms()),
             "owner": self.replica,
             "request": request.model_dump(mode="json", exclude_none=True),
         }

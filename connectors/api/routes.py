@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from connectors.api import flagger
-from connectors.api.jobs import Jobs
+from connectors.api.jobs import Jobs, now_ms, state_of
 from connectors.api.openapi import openapi
 from connectors.receiver.auth import Auth
 from engine.config import VigilConfig
@@ -156,8 +156,8 @@ async def _create(request: web.Request) -> web.Response:
 def public(doc: dict[str, Any]) -> dict[str, Any]:
     """The document as answered; ``state`` is the verdict once there is one, else the status (one field for
     tools that read a single value, like Argo Rollouts' web provider)."""
-    out = {k: v for k, v in doc.items() if k not in ("owner", "updated_at_ms", "final")}
-    out["state"] = doc["verdict"] or doc["status"]
+    out = {k: v for k, v in doc.items() if k not in ("owner", "updated_at_ms", "final", "due_at_ms")}
+    out["state"] = state_of(doc, now_ms())
     return out
 
 
@@ -218,7 +218,7 @@ async def _flagger(request: web.Request) -> web.Response:
     except ConfigError as exc:
         return error(400, "invalid", str(exc)[:1000])
     status, reason = flagger.answer(kind, job)
-    body = {"id": job["id"], "state": job["verdict"] or job["status"], "reason": reason}
+    body = {"id": job["id"], "state": state_of(job, now_ms()), "reason": reason}
     if status >= 300:
         body["error"] = "check_failed" if kind != "rollback" else "no_rollback"
     return ok(body, status, {"Location": f"{PREFIX}/{job['id']}"})

@@ -111,3 +111,16 @@ async def test_the_template_gives_argo_the_right_phase(server: ApiServer, evalua
     assert results == {"errors5": "fail", "clean": "pass", "idle": "inconclusive", "running": "running"}
     got = phases(evaluator, metric, list(results.values()))
     assert got == ["Failed", "Successful", "Inconclusive", "Successful"]
+
+
+async def test_a_late_verification_is_inconclusive_for_argo(evaluator: Path) -> None:
+    """A live verification still running well after its planned end: ``late``, which the template reads
+    as Inconclusive (a person looks), not as the Successful of a verification still deciding."""
+    from connectors.api.jobs import LATE_S, state_of
+
+    (metric,) = TEMPLATE["spec"]["metrics"]
+    due = 1_000_000
+    running = {"verdict": None, "status": "running", "due_at_ms": due}
+    states = [state_of(running, due), state_of(running, due + int(LATE_S * 1000) + 1)]
+    assert states == ["running", "late"]
+    assert phases(evaluator, metric, states) == ["Successful", "Inconclusive"]
