@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from connectors.kafka import ensure_topics, start_producer
 from connectors.prometheus import QueryError
@@ -147,6 +148,19 @@ class Jobs:
             self.running.pop(doc["id"]).cancel()
 
     async def _follow(self) -> None:
+        """Follow the topic; a failure (Kafka away) is logged and the reading starts again, so the task
+        never dies quietly and /-/ready tells the truth meanwhile."""
+        while True:
+            try:
+                await self._read()
+            except (KafkaError, OSError) as exc:
+                self.ready.clear()
+                log.warning(
+                    "reading %s failed (%s); again in 1 s", self.config.kafka.topics.verifications, exc
+                )
+                await asyncio.sleep(1.0)
+
+    async def _read(self) -> None:
         """Read the topic from the start; ready once a marker written now has come back (this works on
         any broker: it does not trust end offsets)."""
         k = self.config.kafka

@@ -7,11 +7,12 @@ import logging
 import signal
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from connectors.api.routes import API, Api, make_app
 from connectors.receiver.auth import ssl_context
 from engine.config import VigilConfig
-from engine.errors import VigilError
+from engine.errors import BrokerUnavailable, VigilError
 
 log = logging.getLogger("vigil.api")
 STOP_TIMEOUT_S = 3.0
@@ -85,4 +86,7 @@ def run_api(config: VigilConfig) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KafkaError as exc:  # Kafka away at start: `vigil run` restarts the part (exit 1, not 2)
+        raise BrokerUnavailable(f"Kafka at {config.kafka.bootstrap_servers}: {exc}") from None

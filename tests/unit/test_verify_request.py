@@ -155,3 +155,13 @@ def test_the_flagger_example_speaks_to_these_routes() -> None:
         request = parse_request(request_of(payload))
         assert request.duration == "30m"
         assert request.pack == ("http", "process")
+
+
+def test_vigil_api_with_kafka_away_exits_1_so_vigil_run_restarts_it(tmp_path: Path) -> None:
+    from connectors.broker import free_port
+
+    path = tmp_path / "away.yaml"
+    path.write_text(f"kafka:\n  bootstrap_servers: 127.0.0.1:{free_port()}\napi:\n  port: 0\n")
+    result = CliRunner().invoke(app, ["api", "-c", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "vigil: Kafka at 127.0.0.1:" in result.output
