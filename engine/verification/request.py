@@ -262,20 +262,27 @@ def plan(request: Request, config: VigilConfig) -> Plan:
             entries.append((spec, entry.templates()))
     for m in request.metrics:
         rule = config.rule_for(m.name)
+        kind = m.type or rule.type
+        counted: tuple[str | None, str | None] = (m.numerator, m.denominator)
+        if m.numerator is None and kind is MetricType.ERRORS:
+            # an error ratio written as a plain A / B is judged as counts: its two sides are the counts
+            counted = split_ratio(m.query) or (None, None)
         spec = MetricSpec(
             m.name,
             m.direction or rule.direction,
-            m.type or rule.type,
-            counts=m.numerator is not None,
+            kind,
+            counts=counted[0] is not None,
             critical=m.critical,
             weight=m.weight,
             min_abs=rule.min_abs_deviation if m.min_abs_deviation is None else m.min_abs_deviation,
             min_rel=rule.min_rel_deviation if m.min_rel_deviation is None else m.min_rel_deviation,
         )
         templates = {"query": m.query}
-        for kind in ("instance_query", "numerator", "denominator"):
-            if getattr(m, kind) is not None:
-                templates[kind] = getattr(m, kind)
+        if m.instance_query is not None:
+            templates["instance_query"] = m.instance_query
+        numerator, denominator = counted
+        if numerator is not None and denominator is not None:
+            templates["numerator"], templates["denominator"] = numerator, denominator
         entries.append((spec, templates))
     names = [spec.name for spec, _ in entries]
     if len(set(names)) != len(names):

@@ -51,6 +51,20 @@ def test_defaults_and_the_plan() -> None:
     assert strides["http_latency_p95"] == 4  # not slowed by the process pack
 
 
+def test_a_plain_error_ratio_is_split_into_counts() -> None:
+    ratio = 'sum(rate(e{job="a",code="500",{{selector}}}[1m])) / sum(rate(e{job="a",{{selector}}}[1m]))'
+    doc = BASE | {
+        "pack": [],
+        "metrics": [{"name": "checkout_errors", "query": ratio}, {"name": "mem", "query": "a / b"}],
+    }
+    by_name = {m.spec.name: m for m in plan(parse_request(doc), CONFIG).metrics}
+    errors = by_name["checkout_errors"]
+    assert errors.spec.counts
+    assert errors.queries["canary"]["numerator"] == 'sum(rate(e{job="a",code="500",version="v42"}[1m]))'
+    assert errors.queries["canary"]["denominator"] == 'sum(rate(e{job="a",version="v42"}[1m]))'
+    assert not by_name["mem"].spec.counts  # not an error ratio: a bare ratio, judged as values
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
