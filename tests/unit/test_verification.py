@@ -316,3 +316,24 @@ def test_a_stride_of_the_rate_window_keeps_the_level_on_smoothed_series() -> Non
     runs = 400
     fails = sum(smoothed_aa(seed, stride=4) for seed in range(runs))
     assert fails / runs <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs), fails
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "engine.verification.sequential",
+        "engine.verification.statistics",
+        "engine.verification.judge",
+        "engine.verification.request",
+        "connectors.api.jobs",
+        "vigil.verify",
+    ],
+)
+def test_doctests(name: str) -> None:
+    import doctest
+    import importlib
+
+    module = importlib.import_module(name)
+    result = doctest.testmod(module)
+    assert result.failed == 0
+    assert result.attempted > 0
