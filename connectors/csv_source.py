@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from engine.errors import VigilError
 
 MAX_ROWS = 10_000_000
 MAX_LINE = 4096
+MAX_VALUE = 1e300  # the detectors' limit (engine.detectors.MAX_ABS): beyond it their arithmetic overflows
 _MS_THRESHOLD = 100_000_000_000  # numbers above this are milliseconds (year 5138 in seconds)
 
 
@@ -51,10 +53,28 @@ def parse_timestamp(text: str) -> int:
 def read_points(path: Path) -> list[tuple[int, float]]:
     """All (Unix ms, value) rows of a CSV file, checked: finite values, strictly increasing time."""
     points: list[tuple[int, float]] = []
+    for line, stamp, ts, value in _rows(path):
+        if points and ts <= points[-1][0]:
+            raise CsvError(f"{path}:{line}: timestamps must increase ({stamp})")
+        points.append((ts, value))
+    return points
+
+
+def read_rows(path: Path) -> list[tuple[str, int, float]]:
+    """All (timestamp as written, Unix ms, value) rows of a CSV file in file order, checked: finite values.
+
+    Time may repeat or go back (NAB's files do); the caller decides what such a row means.
+    """
+    return [(stamp, ts, value) for _, stamp, ts, value in _rows(path)]
+
+
+def _rows(path: Path) -> Iterator[tuple[int, str, int, float]]:
+    """(line, timestamp text, Unix ms, value) of every data row; at least one, or an error."""
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as exc:
         raise CsvError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    count = 0
     with handle:
         try:
             for line, row in enumerate(csv.reader(handle), start=1):
@@ -69,17 +89,17 @@ def read_points(path: Path) -> list[tuple[int, float]]:
                 try:
                     ts = parse_timestamp(row[0])
                     value = float(row[1])
-                except ValueError as exc:
+                except (ValueError, OverflowError) as exc:
                     raise CsvError(f"{path}:{line}: {exc}") from None
                 if not math.isfinite(value):
                     raise CsvError(f"{path}:{line}: value {row[1].strip()!r} is not a finite number")
-                if points and ts <= points[-1][0]:
-                    raise CsvError(f"{path}:{line}: timestamps must increase ({row[0].strip()})")
-                points.append((ts, value))
-                if len(points) > MAX_ROWS:
+                if abs(value) > MAX_VALUE:
+                    raise CsvError(f"{path}:{line}: value {row[1].strip()!r} is beyond ±{MAX_VALUE:g}")
+                count += 1
+                if count > MAX_ROWS:
                     raise CsvError(f"{path}: more than {MAX_ROWS} rows")
+                yield line, row[0], ts, value
         except (csv.Error, UnicodeDecodeError) as exc:
             raise CsvError(f"{path}: not a readable CSV file: {exc}") from None
-    if not points:
+    if not count:
         raise CsvError(f"{path}: no data rows")
-    return points

@@ -25,18 +25,20 @@ from typing import Any, Final
 import orjson
 
 from engine import plain
-from engine.config import VigilConfig
+from engine.config import MetricRule, VigilConfig
 from engine.events import anomaly_event
-from engine.guard import SeriesGuard
+from engine.guard import SeriesGuard, TransitionKind
 from engine.preparation import FamilyTypes, Prepared, Preparer
 from engine.raw import RawSeries, WriteRequest
 from engine.samples import Series, family_of, partition_for, sample_key
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT: Final = 2
+CHECKPOINT_FORMAT: Final = 3  # 3: calibration stages, River detector
 RIVER_VERSION: Final = version("river")
 PART_BYTES: Final = 512 * 1024  # table entries stay well below Kafka's default 1 MB message limit
+RULE_CACHE: Final = 65_536  # metric names whose rule is remembered (matching the rules' regexes per point
+# batch was a tenth of the worker's time on Prometheus-shaped records)
 _MAGIC: Final = b"VGLSTATE"
 _PART: Final = b"\x1e"  # separates a sample key from a part's suffix
 
@@ -74,7 +76,7 @@ def _frame(header: dict[str, Any], payload: bytes) -> bytes:
 
 def _unframe(blob: bytes) -> tuple[dict[str, Any], bytes]:
     if not blob.startswith(_MAGIC):
-        raise CheckpointRefused("not a Vigil checkpoint (no format 2 header)")
+        raise CheckpointRefused("not a Vigil checkpoint (no Vigil checkpoint header)")
     start = len(_MAGIC) + 4
     size = int.from_bytes(blob[len(_MAGIC) : start], "big")
     try:
@@ -119,6 +121,7 @@ class ModelBank:
         self.parts: dict[bytes, int] = {}  # key → parts its last checkpoint had (> 1 only)
         self.refused_checkpoints = 0
         self.counts: dict[str, int] = {}  # preparation counts (engine.preparation.Count), all keys
+        self._rules: dict[str, MetricRule] = {}
 
     @property
     def guards(self) -> int:
@@ -146,15 +149,19 @@ class ModelBank:
             counts[name] = counts.get(name, 0) + n
         return prepared
 
-    def observe(self, series: Series, key: bytes | None = None) -> list[dict[str, Any]]:
+    def observe(
+        self, series: Series, key: bytes | None = None, trace: list[tuple[float, bool]] | None = None
+    ) -> list[dict[str, Any]]:
         """Score then learn every point of ``series`` (prepared); return the verdict events it caused.
 
         ``key`` is the sample key it was derived from; by default that of its service and metric family.
+        With ``trace``, (reported score, opened) is appended per point with a value (the backtest's rows): a
+        point whose timestamp does not advance is scored but neither learned nor able to open anything.
         """
         if key is None:
             key = sample_key(series.service, family_of(series.metric))
         unit = self.unit(key)
-        rule = self.config.rule_for(series.metric)
+        rule = self.rule_for(series.metric)
         guard = unit.guards.get((series.metric, series.instance))
         if guard is None:
             guard = unit.guards[(series.metric, series.instance)] = SeriesGuard(rule, self.config.detection)
@@ -165,11 +172,25 @@ class ModelBank:
             skipped = guard.admit(ts)  # the per-series watermark: a re-read point is not learned twice
             if skipped is not None:
                 counts[skipped] = counts.get(skipped, 0) + 1
+                if trace is not None and value is not None:
+                    trace.append((guard.peek(value, ts), False))
                 continue
             transition = guard.end(ts) if value is None else guard.observe(ts, value)
             if transition is not None:
                 events.append(anomaly_event(series.service, series.metric, series.instance, rule, transition))
+            if trace is not None and value is not None:
+                opened = transition is not None and transition.kind is TransitionKind.OPENED
+                trace.append((guard.score, opened))
         return events
+
+    def rule_for(self, metric: str) -> MetricRule:
+        """The configuration's rule for ``metric`` (:meth:`VigilConfig.rule_for`), remembered."""
+        rule = self._rules.get(metric)
+        if rule is None:
+            if len(self._rules) >= RULE_CACHE:
+                self._rules.clear()
+            rule = self._rules[metric] = self.config.rule_for(metric)
+        return rule
 
     # --- checkpoints ---
 
@@ -271,7 +292,7 @@ class ModelBank:
         for metric, instance, state in doc.get("guards", ()):
             if type(metric) is not str or type(instance) is not str or type(state) is not dict:
                 raise CheckpointRefused("checkpoint guards are damaged")
-            guard = SeriesGuard(self.config.rule_for(metric), self.config.detection)
+            guard = SeriesGuard(self.rule_for(metric), self.config.detection)
             plain.apply(guard, state)
             unit.guards[(metric, instance)] = guard
         return unit

@@ -138,13 +138,24 @@ class MetricRule(Frozen):
     match: str
     type: MetricType = MetricType.CUSTOM
     direction: Direction = Direction.BOTH
-    detector: Literal["zscore"] = "zscore"
+    detector: Literal["zscore", "seasonal"] = Field(
+        default="zscore",
+        description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC)",
+    )
     sensitivity: Sensitivity = Sensitivity.MEDIUM
     min_abs_deviation: float = Field(
         default=0.0, ge=0, description="deviations smaller than this never alarm"
     )
     min_rel_deviation: float = Field(
         default=0.05, ge=0, description="deviations below this share of the level never alarm"
+    )
+    new_extreme: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="a value beyond the series' earlier range by more than this share of it is an anomaly "
+        "(0: off). Worth 18 NAB points, but it also opens on the records unbounded noise sets now and then "
+        "and on a seasonal series' first cycle",
     )
 
     @field_validator("match")
@@ -161,23 +172,42 @@ class MetricRule(Frozen):
         return re.compile(self.match)
 
 
+#: The built-in rules; ``config/vigil.yaml`` spells out the same (a test keeps them identical).
 DEFAULT_RULES = (
-    MetricRule(match=r'.*(error|fail|5xx|code="5).*', type=MetricType.ERRORS, direction=Direction.HIGHER),
+    MetricRule(
+        match=r'.*(error|fail|5xx|code="5).*',
+        type=MetricType.ERRORS,
+        direction=Direction.HIGHER,
+        min_rel_deviation=0.1,
+    ),
     MetricRule(match=r".*(duration|latency|seconds).*", type=MetricType.LATENCY, direction=Direction.HIGHER),
     MetricRule(match=r".*(requests|ops|throughput).*", type=MetricType.THROUGHPUT, direction=Direction.BOTH),
-    MetricRule(match=r".*", type=MetricType.CUSTOM, direction=Direction.BOTH),
+    MetricRule(match=r".*", type=MetricType.CUSTOM, direction=Direction.BOTH, new_extreme=0.02),
 )
 
 
 class DetectionConfig(Frozen):
-    warmup: int = Field(default=30, ge=2, description="samples a model learns before it may alarm")
-    half_life: float = Field(
-        default=120.0,
-        gt=1,
-        description="samples after which an old observation weighs half (the baseline's memory)",
+    warmup: int = Field(
+        default=200, ge=2, description="samples a new series learns (state `learning`) before it may alarm"
     )
-    open_after: int = Field(default=3, ge=1, description="consecutive anomalous samples that open an anomaly")
+    half_life: float = Field(
+        default=30.0,
+        gt=1,
+        description="samples after which an old observation weighs half in the detector's level",
+    )
+    spread_half_life: float = Field(
+        default=300.0, gt=1, description="the same for the detector's spread (longer: spread changes slowly)"
+    )
+    open_after: int = Field(default=1, ge=1, description="consecutive anomalous samples that open an anomaly")
     resolve_after: int = Field(default=5, ge=1, description="consecutive normal samples that resolve it")
+    rest_after_alarm: int = Field(
+        default=100,
+        ge=0,
+        description="an open anomaly lasts at least this many samples: one page per episode",
+    )
+    suspect_weight: float = Field(
+        default=0.5, ge=0, le=1, description="learning weight of samples while an anomaly is open"
+    )
     checkpoint_interval_s: float = Field(default=30.0, gt=0)
     max_future_s: float = Field(default=600.0, ge=0, description="samples further in the future are refused")
 

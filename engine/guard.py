@@ -1,25 +1,22 @@
-"""The 24/7 guard of one series: state changes with hysteresis, not a flood of per-sample alarms.
+"""The 24/7 guard of one series: a page per episode, not a flood of per-sample alarms.
 
 One :class:`SeriesGuard` watches one (service, metric, instance). Each sample is scored **before** it is
-learned; an anomaly **opens** after ``open_after`` consecutive samples scoring at least the sensitivity's
-``open`` threshold and **resolves** after ``resolve_after`` consecutive samples scoring below the lower
-``clear`` threshold. Scores between the two keep the current state, so a series hovering around one
-threshold cannot flap.
+learned: the detector's raw score goes through the calibration stages (:mod:`engine.calibration`) to the
+normalised score ``s`` (1 = the opening threshold of the rule's sensitivity).
 
-Learning policy (why an incident does not become "the new normal" at once, yet a real level shift is
-accepted in the end):
+* **Learning** — for the first ``warmup`` samples the series is ``learning``: nothing opens and the score
+  reported is 0.
+* **Opening** — an anomaly opens after ``open_after`` consecutive samples with ``s >= 1``.
+* **One page per episode** — while an anomaly is open nothing else opens, and the score reported for the
+  series (:attr:`SeriesGuard.score`, the backtest's ``anomaly_score``) is damped to at most
+  :data:`EPISODE_CAP`: a person is paged once, and NAB charges every alarm row. An anomaly **resolves** once
+  at least ``rest_after_alarm`` samples have passed since it opened and ``resolve_after`` consecutive samples
+  scored below :data:`CLEAR` (hysteresis: a series hovering around the threshold cannot flap).
 
-* while the series is normal every sample is learned with full weight — the detector itself clips a
-  residual to a few sigma, so a single spike hardly moves the baseline;
-* while an anomaly is open, or a streak towards opening is running, samples are learned with
-  :data:`SUSPECT_WEIGHT` (a quarter of the normal weight), level, spread and tail fit alike: an incident is
-  judged against the old baseline for a good while (a 20-sample incident barely moves it);
-* a shift that persists keeps pulling the (clipped, down-weighted) level and inflating the spread, so in
-  the end its samples score normal, the anomaly resolves and the new level is the baseline (measured: a
-  step of 20 sigma is accepted after about 1.25 ``half_life``). The price: the spread stays inflated for a
-  few half-lives afterwards, so the series is less sensitive right after accepting a shift. A stale
-  marker (:meth:`SeriesGuard.end`) resolves an open anomaly but keeps the model: if the series comes
-  back, its history is still the best prior.
+Learning policy: every sample is learned, those of an open anomaly (or of a streak towards one) with
+``suspect_weight``: a level shift that persists is followed by the detector's level and stops scoring high,
+so the anomaly resolves and the new level is the baseline. A stale marker (:meth:`SeriesGuard.end`)
+resolves an open anomaly but keeps the model.
 """
 
 from __future__ import annotations
@@ -27,13 +24,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from engine.calibration import Calibrator
 from engine.config import DetectionConfig, MetricRule
-from engine.detectors import THRESHOLDS, Detector, Thresholds, make_detector
+from engine.detectors import Detector, make_detector
 
-__all__ = ["SUSPECT_WEIGHT", "SeriesGuard", "Transition", "TransitionKind"]
+__all__ = ["CLEAR", "EPISODE_CAP", "SeriesGuard", "SeriesState", "Transition", "TransitionKind"]
 
-#: Learning weight of samples seen while an anomaly is open or about to open.
-SUSPECT_WEIGHT = 0.25
+#: Normalised score below which a sample counts as normal again (towards resolving).
+CLEAR = 0.5
+#: While an anomaly is open the reported score is ``min(s * EPISODE_DAMP, EPISODE_CAP)``.
+EPISODE_DAMP = 0.25
+EPISODE_CAP = 0.25
+
+
+class SeriesState(StrEnum):
+    LEARNING = "learning"
+    NORMAL = "normal"
+    ANOMALOUS = "anomalous"
 
 
 class TransitionKind(StrEnum):
@@ -46,9 +53,10 @@ class Transition:
     """A state change of one series, with its evidence.
 
     ``value`` and ``score`` belong to the sample that caused the change (``value`` is ``None`` and ``score``
-    0 when a stale marker resolved the anomaly). ``peak_score`` is the highest score since the first
-    anomalous sample. ``expected_low``/``expected_high`` is the band the detector considered normal at that
-    moment (±inf on a side that is not a risk). ``window_start_ms`` is the first anomalous sample;
+    0 when a stale marker resolved the anomaly); scores are normalised (1 = the opening threshold).
+    ``peak_score`` is the highest score since the first anomalous sample. ``expected_low``/``expected_high``
+    is the band where the detector's raw score stays below 0.5 at that moment (±inf on a side that is not a
+    risk). ``window_start_ms`` is the first anomalous sample;
     ``window_end_ms`` the last one (for ``opened``: the current sample).
     """
 
@@ -64,18 +72,22 @@ class Transition:
 
 
 class SeriesGuard:
-    """Open / resolve anomalies of one series. Picklable (it is part of the model bank's checkpoints)."""
+    """Open / resolve anomalies of one series. Its state is plain data (in the model bank's checkpoints)."""
 
     __slots__ = (
         "_is_open",
         "_last_anomalous_ms",
         "_peak",
+        "_since_open",
         "_streak",
         "_window_start_ms",
+        "calibrator",
         "detector",
         "open_after",
         "resolve_after",
-        "thresholds",
+        "rest_after_alarm",
+        "score",
+        "suspect_weight",
         "warmup",
         "watermark",
     )
@@ -84,16 +96,21 @@ class SeriesGuard:
         self, rule: MetricRule, detection: DetectionConfig, detector: Detector | None = None
     ) -> None:
         self.detector: Detector = detector if detector is not None else make_detector(rule, detection)
-        self.thresholds: Thresholds = THRESHOLDS[rule.sensitivity]
+        self.calibrator = Calibrator(rule)
         self.warmup = detection.warmup
         self.open_after = detection.open_after
         self.resolve_after = detection.resolve_after
+        self.rest_after_alarm = detection.rest_after_alarm
+        self.suspect_weight = detection.suspect_weight
         self._is_open = False
         # Closed: consecutive anomalous samples so far. Open: consecutive normal samples so far.
         self._streak = 0
+        self._since_open = 0
         self._window_start_ms = 0
         self._last_anomalous_ms = 0
         self._peak = 0.0
+        #: The score reported for the latest sample: normalised, damped while an anomaly is open.
+        self.score = 0.0
         #: Timestamp of the newest point admitted (-1: none yet). Checkpointed with the model, so a point
         #: read again after a crash is recognised and not learned twice.
         self.watermark = -1
@@ -117,27 +134,38 @@ class SeriesGuard:
         """Whether an anomaly is open on this series."""
         return self._is_open
 
+    @property
+    def state(self) -> SeriesState:
+        if self.detector.n < self.warmup:
+            return SeriesState.LEARNING
+        return SeriesState.ANOMALOUS if self._is_open else SeriesState.NORMAL
+
+    def peek(self, value: float, ts_ms: int | None = None) -> float:
+        """The score ``value`` (at ``ts_ms``) would be reported with now, without learning it or changing
+        any state (a point whose timestamp does not advance is judged, never learned)."""
+        return self._reported(self._normalised(value, ts_ms, learn=False))
+
     def observe(self, ts_ms: int, value: float) -> Transition | None:
         """Score ``value``, update the state, learn it. Returns the transition it caused, if any.
 
         Raises ``ValueError`` for NaN or infinite values (pass stale markers to :meth:`end`).
         """
-        detector = self.detector
-        score = detector.score_one(value)
-        warm = detector.n >= self.warmup
+        score = self._normalised(value, ts_ms, learn=True)
+        warm = self.detector.n >= self.warmup
         transition: Transition | None = None
         if self._is_open:
-            if score >= self.thresholds.clear:
+            self._since_open += 1
+            if score >= CLEAR:
                 self._streak = 0
                 self._last_anomalous_ms = ts_ms
                 self._peak = max(self._peak, score)
             else:
                 self._streak += 1
-                if self._streak >= self.resolve_after:
+                if self._streak >= self.resolve_after and self._since_open >= self.rest_after_alarm:
                     transition = self._transition(TransitionKind.RESOLVED, ts_ms, value, score)
                     self._is_open = False
                     self._streak = 0
-        elif warm and score >= self.thresholds.open:
+        elif warm and score >= 1.0:
             if self._streak == 0:
                 self._window_start_ms = ts_ms
                 self._peak = score
@@ -148,10 +176,14 @@ class SeriesGuard:
                 transition = self._transition(TransitionKind.OPENED, ts_ms, value, score)
                 self._is_open = True
                 self._streak = 0
+                self._since_open = 0
+                self.score = score
         else:
             self._streak = 0
+        if transition is None or transition.kind is TransitionKind.RESOLVED:
+            self.score = self._reported(score) if warm else 0.0
         suspect = self._is_open or self._streak > 0
-        detector.learn_one(value, SUSPECT_WEIGHT if suspect else 1.0)
+        self.detector.learn_value(value, self.suspect_weight if suspect else 1.0, ts_ms)
         return transition
 
     def end(self, ts_ms: int) -> Transition | None:
@@ -163,9 +195,19 @@ class SeriesGuard:
         self._streak = 0
         return transition
 
+    def _normalised(self, value: float, ts_ms: int | None, *, learn: bool) -> float:
+        detector = self.detector
+        raw = detector.score_value(value, ts_ms)
+        return self.calibrator.observe(value, raw, detector.level_at(ts_ms), learn=learn)
+
+    def _reported(self, score: float) -> float:
+        if self.detector.n < self.warmup:
+            return 0.0
+        return min(score * EPISODE_DAMP, EPISODE_CAP) if self._is_open else score
+
     def _transition(self, kind: TransitionKind, ts_ms: int, value: float | None, score: float) -> Transition:
         # Called before the sample is learned: the band is the one the sample was judged against.
-        low, high = self.detector.expected_range()
+        low, high = self.detector.expected_range(ts_ms)
         return Transition(
             kind=kind,
             ts_ms=ts_ms,

@@ -2,7 +2,8 @@
 
 Used for the guards and detectors in checkpoints: their state is plain Python numbers held in slots.
 :func:`dump` takes every slot (or ``__dict__`` entry) whose value is a plain number, string, bool or
-``None``, and nested stateful objects (slotted, not enums or frozen dataclasses) as ``{"$obj": ...}``;
+``None``, lists of finite numbers as ``{"$list": [...]}``, and nested stateful objects (with slots or a
+``__dict__``; not enums, dataclasses or containers) as ``{"$obj": ...}``;
 values derived from configuration (enums, thresholds) are left out and come from the fresh object that
 :func:`apply` fills. So an attribute added later (e.g. a watermark) is included without changing this.
 """
@@ -30,11 +31,19 @@ def _attributes(obj: object) -> list[str]:
 
 def _stateful(value: object) -> bool:
     return (
-        hasattr(type(value), "__slots__")
-        and not isinstance(value, Enum)
+        (hasattr(type(value), "__slots__") or hasattr(value, "__dict__"))
+        and not isinstance(value, Enum | type | list | dict | tuple | set)
         and not dataclasses.is_dataclass(value)
         and type(value) not in _PLAIN
     )
+
+
+def _finite_number(value: object) -> bool:
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def _floats(items: list[Any]) -> bool:
+    return not items or type(items[0]) is float
 
 
 def dump(obj: object) -> dict[str, Any]:
@@ -47,6 +56,8 @@ def dump(obj: object) -> dict[str, Any]:
             continue
         if type(value) in _PLAIN:
             out[name] = {"$f": str(value)} if type(value) is float and not math.isfinite(value) else value
+        elif type(value) is list and all(_finite_number(v) for v in value):
+            out[name] = {"$list": value}
         elif _stateful(value):
             out[name] = {"$obj": dump(value)}
     return out
@@ -67,6 +78,12 @@ def apply(obj: object, state: dict[str, Any]) -> None:
             if not _stateful(current):
                 raise ValueError(f"{type(obj).__name__}.{name} is not an object")
             apply(current, saved["$obj"])
+            continue
+        if type(saved) is dict and "$list" in saved:
+            items = saved["$list"]
+            if type(current) is not list or type(items) is not list or not all(map(_finite_number, items)):
+                raise ValueError(f"{type(obj).__name__}.{name} is not a list of numbers")
+            setattr(obj, name, [float(v) if type(v) is int and _floats(current) else v for v in items])
             continue
         if type(saved) is dict and "$f" in saved:
             saved = float(saved["$f"])

@@ -113,6 +113,7 @@ def config_env(config: VigilConfig) -> dict[str, str]:
         "VIGIL_KAFKA__TOPICS__VERIFICATIONS": k.topics.verifications,
         "VIGIL_DETECTION__CHECKPOINT_INTERVAL_S": str(d.checkpoint_interval_s),
         "VIGIL_DETECTION__WARMUP": str(d.warmup),
+        "VIGIL_RULES": orjson.dumps([r.model_dump(mode="json") for r in config.rules]).decode(),
     }
     return env
 

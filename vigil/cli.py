@@ -171,6 +171,24 @@ def replay(
 
 
 @app.command()
+def backtest(
+    data: Annotated[Path, typer.Option("--data", help="folder of timestamp,value CSV files (searched deep)")],
+    labels: Annotated[Path, typer.Option("--labels", help="NAB-style combined_windows.json")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the results (created if missing)")],
+    config: ConfigOption = None,
+) -> None:
+    """Run the configured detection over every CSV under --data as the worker would, write per-row scores
+    and alarms under --out, and print NAB's scores (threshold-optimised and as alarmed)."""
+    from vigil.backtest import run_backtest
+
+    cfg = _load(config)
+    try:
+        run_backtest(cfg, data, labels, out)
+    except VigilError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
 def tail(
     json: Annotated[bool, typer.Option("--json", help="one JSON event per line")] = False,
     from_beginning: Annotated[

@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from connectors.broker import free_port
 from connectors.kafka import wait_for_port
 from engine.bank import ModelBank
-from engine.config import VigilConfig
+from engine.config import MetricRule, VigilConfig
 from engine.processor import Processor, Source
 from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
 from tests.conftest import Broker, Worker, isolated_config, read_topic
@@ -191,14 +192,17 @@ def start_worker(config: VigilConfig, started: list[Worker]) -> Worker:
     return w
 
 
+@pytest.mark.parametrize("detector", typing.get_args(MetricRule.model_fields["detector"].annotation))
 def test_kill_9_mid_stream_loses_no_sample_and_changes_no_event(
-    any_broker: Broker, workers: list[Worker]
+    any_broker: Broker, workers: list[Worker], detector: str
 ) -> None:
+    """On both brokers, with every built-in detector (the rules of the worker name it)."""
     broker = any_broker
     # Checkpoints every 1.5 s: a worker that committed what it read (as Faust does, every second) would
     # lose the samples read since the last checkpoint; the kill comes while records keep arriving.
     config = isolated_config(broker, checkpoint_interval_s=1.5, warmup=20)
-    series, points = 8, 240
+    config = config.model_copy(update={"rules": (MetricRule(match=".*", detector=detector),)})
+    series, points = 8, 400  # an anomaly stays open >= rest_after_alarm (100) samples: room for two
     records = stream(config, series=series, points=points, per_record=4)
     expected = expected_events(config, records)
     assert len(expected) >= 2 * series, "the stream must raise and resolve incidents"
@@ -326,7 +330,10 @@ def test_an_oversized_dead_letter_is_cut_to_the_topic_limit_and_the_agent_goes_o
     incident = encode_batch(
         [
             Series(
-                "svc", "errors_total:rate", "", [(T0 + i * STEP, 1.0 if i < 60 else 50.0) for i in range(70)]
+                "svc",
+                "errors_total:rate",
+                "",
+                [(T0 + i * STEP, 1.0 if i < 250 else 50.0) for i in range(260)],  # past the learning period
             )
         ]
     )

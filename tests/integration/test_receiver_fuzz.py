@@ -215,10 +215,14 @@ def test_no_body_gets_a_5xx_while_kafka_is_healthy(served: ThreadedReceiver) -> 
     assert stats.internal_errors == 0
     assert stats.requests.keys() == seen
     assert {204, 400, 413, 415} <= seen  # the fuzzing reached every kind of answer
-    assert stats.samples_written > 20  # and valid bodies went all the way to Kafka
-    # Kafka stayed healthy: a real request is still taken
+    # valid bodies went all the way to Kafka (how many samples they held is up to the generator: a 204 may
+    # answer a request with no series)
+    assert stats.samples_written > 0
+    # Kafka stayed healthy: a real request is still taken, its sample written
+    written = stats.samples_written
     valid = v1_body([Series(labels_of(name="up", job="fuzz"), [(time.time_ns() // 1_000_000, 1.0)])])
     try:
         assert client.post(valid, {"Content-Type": V1_CONTENT_TYPE, "Content-Encoding": "snappy"}) == 204
     finally:
         client.connection.close()
+    assert stats.samples_written == written + 1

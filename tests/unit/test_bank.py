@@ -240,3 +240,17 @@ def test_stale_markers_end_prepared_series() -> None:
         .guards[('http_requests_total:rate{code="500"}', "a:1")]
         .detector.level
     )
+
+
+def test_the_bank_remembers_each_metrics_rule_and_bounds_what_it_remembers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bank = ModelBank(CONFIG)
+    metrics = ["http_requests_total:rate", "http_request_duration_seconds:p99", "queue_depth", "errors_ratio"]
+    for metric in metrics * 3:
+        assert bank.rule_for(metric) == CONFIG.rule_for(metric)
+    monkeypatch.setattr("engine.bank.RULE_CACHE", 3)
+    bank = ModelBank(CONFIG)
+    for metric in metrics * 2:
+        assert bank.rule_for(metric) == CONFIG.rule_for(metric)
+    assert len(bank._rules) <= 3

@@ -26,7 +26,13 @@ def test_the_example_config_is_valid_and_uses_the_embedded_broker() -> None:
     assert config.kafka.embedded
     assert config.kafka.topics.samples == "vigil.samples"
     assert config.rule_for("http_errors_total:rate").direction is Direction.HIGHER
-    assert config.rule_for("something_else").sensitivity == "low"
+    assert config.rule_for("something_else").sensitivity == "medium"
+
+
+def test_the_built_in_defaults_are_the_example_config() -> None:
+    """Without -c a user gets exactly what config/vigil.yaml spells out (the backtest's NAB figures hold for
+    both)."""
+    assert load_config(None).model_dump() == load_config(ROOT / "config" / "vigil.yaml").model_dump()
 
 
 def test_configuration_is_frozen() -> None:

@@ -1,174 +1,297 @@
-"""The 24/7 guard of one series: open once, resolve once, stay quiet on noise, never flap."""
+"""The 24/7 guard of one series: learn first, page once per episode, stay quiet, accept a new level."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
 import random
 
+import orjson
 import pytest
 
-from engine.config import DetectionConfig, Direction, MetricRule, Sensitivity
-from engine.detectors import THRESHOLDS
-from engine.guard import SeriesGuard, Transition, TransitionKind
+from engine import plain
+from engine.config import DetectionConfig, Direction, MetricRule, Sensitivity, load_config
+from engine.guard import CLEAR, EPISODE_CAP, SeriesGuard, SeriesState, Transition, TransitionKind
 
 STEP_MS = 15_000
-DETECTION = DetectionConfig.model_validate(
-    {"warmup": 30, "half_life": 120, "open_after": 3, "resolve_after": 5}
-)
+DEFAULTS = DetectionConfig()
 
 
-def rule(direction: Direction = Direction.BOTH, sensitivity: Sensitivity = Sensitivity.MEDIUM) -> MetricRule:
-    # min_rel_deviation=0: judge the calibration itself, not the default 5 % ignore band.
+def rule(
+    direction: Direction = Direction.BOTH,
+    sensitivity: Sensitivity = Sensitivity.MEDIUM,
+    new_extreme: float = 0.02,  # as the catch-all rule; 0: the likelihood stage alone
+) -> MetricRule:
+    # min_rel_deviation=0: judge the stages themselves, not the default 5 % ignore band.
     return MetricRule.model_validate(
-        {"match": ".*", "direction": direction, "sensitivity": sensitivity, "min_rel_deviation": 0.0}
+        {
+            "match": ".*",
+            "direction": direction,
+            "sensitivity": sensitivity,
+            "min_rel_deviation": 0.0,
+            "new_extreme": new_extreme,
+        }
     )
 
 
 def noise(n: int, *, level: float = 100.0, sigma: float = 1.0, seed: int = 0) -> list[float]:
+    """Bounded (uniform) noise of standard deviation ``sigma``: it sets no records beyond its range, so the
+    new-extreme rule stays out of tests about the guard's mechanics (Gaussian records: see below)."""
+    rng = random.Random(seed)
+    half = math.sqrt(3.0) * sigma
+    return [level + rng.uniform(-half, half) for _ in range(n)]
+
+
+def gaussian(n: int, *, level: float = 100.0, sigma: float = 1.0, seed: int = 0) -> list[float]:
     rng = random.Random(seed)
     return [level + rng.gauss(0.0, sigma) for _ in range(n)]
 
 
-def feed(guard: SeriesGuard, values: list[float], start: int = 0) -> list[tuple[int, Transition]]:
-    """Observe ``values`` at ``(start + i) * STEP_MS``; return (sample index, transition) pairs."""
+def feed(
+    guard: SeriesGuard, values: list[float], start: int = 0, step_ms: int = STEP_MS
+) -> list[tuple[int, Transition]]:
+    """Observe ``values`` at ``(start + i) * step_ms``; return (sample index, transition) pairs."""
     out = []
     for i, x in enumerate(values, start):
-        transition = guard.observe(i * STEP_MS, x)
+        transition = guard.observe(i * step_ms, x)
         if transition is not None:
             out.append((i, transition))
     return out
 
 
-def test_one_incident_opens_once_and_resolves_once_with_its_window() -> None:
-    guard = SeriesGuard(rule(), DETECTION)
-    values = noise(600, seed=1)
-    values[400:420] = [v + 15.0 for v in values[400:420]]
-    events = feed(guard, values)
-    assert [(i, t.kind) for i, t in events] == [(402, TransitionKind.OPENED), (424, TransitionKind.RESOLVED)]
-    opened, resolved = events[0][1], events[1][1]
-    assert opened.window_start_ms == 400 * STEP_MS
-    assert opened.window_end_ms == opened.ts_ms == 402 * STEP_MS
-    assert opened.value == values[402]
-    assert opened.score >= THRESHOLDS[Sensitivity.MEDIUM].open
-    assert opened.expected_low < 100.0 < opened.expected_high < opened.value
-    assert resolved.window_start_ms == 400 * STEP_MS
-    assert resolved.window_end_ms == 419 * STEP_MS
-    assert resolved.score < THRESHOLDS[Sensitivity.MEDIUM].clear
-    assert resolved.peak_score >= opened.peak_score >= opened.score
-    assert not guard.is_open
+def opened(events: list[tuple[int, Transition]]) -> list[int]:
+    return [i for i, t in events if t.kind is TransitionKind.OPENED]
 
 
-def test_transition_is_frozen() -> None:
-    guard = SeriesGuard(rule(), DETECTION)
-    (_, opened), *_ = feed(guard, [*noise(100), 200.0, 200.0, 200.0])
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        opened.score = 0.0  # type: ignore[misc]
-    assert opened.kind == "opened"
+def test_the_default_learning_period_is_at_most_200_samples_and_says_learning() -> None:
+    config = load_config(None)
+    assert config.detection.warmup <= 200
+    guard = SeriesGuard(config.rule_for("value"), config.detection)
+    values = noise(config.detection.warmup, seed=1)
+    values[50:60] = [300.0] * 10  # wild, but a new series has nothing to judge it against yet
+    for i, x in enumerate(values):
+        assert guard.state is SeriesState.LEARNING
+        assert guard.observe(i * STEP_MS, x) is None
+        assert guard.score == 0.0
+    assert guard.state is SeriesState.NORMAL
+
+
+@pytest.mark.parametrize("new_extreme", [0.0, 0.02])
+@pytest.mark.parametrize("sensitivity", list(Sensitivity))
+def test_a_3x_step_after_learning_opens_within_20_samples(
+    sensitivity: Sensitivity, new_extreme: float
+) -> None:
+    guard = SeriesGuard(rule(sensitivity=sensitivity, new_extreme=new_extreme), DEFAULTS)
+    learning = noise(DEFAULTS.warmup, sigma=5.0, seed=2)
+    assert feed(guard, learning) == []
+    events = feed(guard, [3 * x for x in noise(20, sigma=5.0, seed=3)], start=DEFAULTS.warmup)
+    assert opened(events), "a 3x step did not open within 20 samples"
+    assert guard.state is SeriesState.ANOMALOUS
 
 
 @pytest.mark.parametrize("sensitivity", list(Sensitivity))
 @pytest.mark.parametrize("direction", list(Direction))
-def test_gaussian_noise_stays_quiet(sensitivity: Sensitivity, direction: Direction) -> None:
-    guard = SeriesGuard(rule(direction, sensitivity), DETECTION)
-    assert feed(guard, noise(5000, seed=2)) == []
+def test_the_likelihood_stays_quiet_on_stationary_gaussian_noise(
+    sensitivity: Sensitivity, direction: Direction
+) -> None:
+    guard = SeriesGuard(rule(direction, sensitivity, new_extreme=0.0), DEFAULTS)
+    assert feed(guard, gaussian(5000, seed=4)) == []
 
 
-def test_heavy_tailed_noise_stays_quiet_at_medium() -> None:
-    rng = random.Random(3)
-    values = [100.0 + rng.expovariate(1.0) * rng.choice((-1.0, 1.0)) for _ in range(5000)]
-    assert feed(SeriesGuard(rule(), DETECTION), values) == []
+@pytest.mark.parametrize(
+    "metric", ["http_requests_total:rate", "http_request_duration_seconds:p99", "x_errors"]
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_a_stationary_noisy_series_opens_nothing_in_1000_samples_under_the_typed_rules(
+    metric: str, seed: int
+) -> None:
+    config = load_config(None)
+    guard = SeriesGuard(config.rule_for(metric), config.detection)
+    assert feed(guard, gaussian(config.detection.warmup + 1000, level=10.0, seed=seed)) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_stationary_bounded_noisy_series_opens_nothing_in_1000_samples(seed: int) -> None:
+    config = load_config(None)
+    guard = SeriesGuard(config.rule_for("value"), config.detection)
+    rng = random.Random(seed)
+    values = [100.0 + rng.uniform(-5.0, 5.0) for _ in range(config.detection.warmup + 1000)]
+    assert feed(guard, values) == []
+
+
+def test_records_of_unbounded_noise_open_rarely_with_the_new_extreme_rule() -> None:
+    """The known price of the new-extreme rule (on for the catch-all rule only): a Gaussian series sets
+    records now and then (about ln(n) of them), and the rule cannot tell such a record from an incident.
+    Measured: ~1.6 per 1,000 samples after the learning period."""
+    opens = 0
+    for seed in range(20):
+        guard = SeriesGuard(rule(), DEFAULTS)
+        opens += len(opened(feed(guard, gaussian(DEFAULTS.warmup + 1000, seed=100 + seed))))
+    assert opens <= 3 * 20
+
+
+def test_one_incident_opens_once_and_resolves_after_the_rest_period() -> None:
+    guard = SeriesGuard(rule(), DEFAULTS)
+    values = noise(800, seed=5)
+    values[400:420] = [v + 15.0 for v in values[400:420]]
+    events = feed(guard, values)
+    assert [(i, t.kind) for i, t in events][:1] == [(400, TransitionKind.OPENED)]
+    assert [t.kind for _, t in events] == [TransitionKind.OPENED, TransitionKind.RESOLVED]
+    (_, first), (resolved_at, resolved) = events
+    assert first.window_start_ms == first.window_end_ms == first.ts_ms == 400 * STEP_MS
+    assert first.value == values[400]
+    assert first.score >= 1.0
+    assert first.expected_low < 100.0 < first.expected_high < first.value
+    assert resolved_at >= 400 + DEFAULTS.rest_after_alarm
+    assert resolved.window_start_ms == 400 * STEP_MS
+    assert 419 * STEP_MS <= resolved.window_end_ms < resolved.ts_ms
+    assert resolved.score < CLEAR
+    assert resolved.peak_score >= first.score
+    assert not guard.is_open
+
+
+def test_the_reported_score_is_damped_while_an_episode_is_open() -> None:
+    guard = SeriesGuard(rule(), DEFAULTS)
+    feed(guard, noise(400, seed=6))
+    (_, first), *_ = feed(guard, [130.0], start=400)
+    assert guard.score == first.score >= 1.0
+    for i in range(401, 401 + 50):
+        guard.observe(i * STEP_MS, 130.0 + i % 3)
+        assert guard.is_open
+        assert guard.score <= EPISODE_CAP
+
+
+def test_transition_is_frozen() -> None:
+    guard = SeriesGuard(rule(), DEFAULTS)
+    (_, first), *_ = feed(guard, [*noise(300), 200.0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.score = 0.0  # type: ignore[misc]
+    assert first.kind == "opened"
 
 
 def test_risk_direction_only() -> None:
-    values = [*noise(300, seed=4), *[80.0] * 10, *noise(100, seed=5)]
-    assert feed(SeriesGuard(rule(Direction.HIGHER), DETECTION), values) == []
-    kinds = [t.kind for _, t in feed(SeriesGuard(rule(Direction.LOWER), DETECTION), values)]
-    assert kinds == [TransitionKind.OPENED, TransitionKind.RESOLVED]
+    """A drop opens on a "lower" rule at once and not on a "higher" one. (The return to the old level after
+    the drop may then look "higher" than the lowered level: a known limitation, see the notes.)"""
+    values = [*noise(400, seed=7), *[80.0] * 10]
+    assert feed(SeriesGuard(rule(Direction.HIGHER), DEFAULTS), values) == []
+    assert opened(feed(SeriesGuard(rule(Direction.LOWER), DEFAULTS), values)) == [400]
+
+
+def test_deviations_inside_the_ignore_thresholds_never_open() -> None:
+    lenient = MetricRule.model_validate({"match": ".*", "min_rel_deviation": 0.5})
+    values = [*noise(400, seed=9), *[140.0] * 20, *noise(200, seed=10)]  # +40 %: far out, yet ignored
+    assert feed(SeriesGuard(lenient, DEFAULTS), values) == []
+    assert opened(feed(SeriesGuard(rule(), DEFAULTS), values))
 
 
 def test_flapping_around_the_threshold_does_not_storm() -> None:
-    """Bursts of clearly anomalous samples separated by a few ordinary ones: one open, one resolve."""
-    guard = SeriesGuard(rule(), DETECTION)
-    values = noise(300, seed=6)
-    rng = random.Random(7)
-    for _ in range(40):
-        values += [100.0 + 12.0 + rng.gauss(0.0, 1.0) for _ in range(3)]
-        values += [100.0 + rng.gauss(0.0, 1.0) for _ in range(rng.randint(1, 4))]
-    values += noise(200, seed=8)
-    kinds = [t.kind for _, t in feed(guard, values)]
-    assert kinds == [TransitionKind.OPENED, TransitionKind.RESOLVED]
-
-
-def test_hovering_between_thresholds_keeps_the_state() -> None:
-    """Once open, samples that are no longer anomalous but not yet normal do not resolve it."""
-    guard = SeriesGuard(rule(sensitivity=Sensitivity.HIGH), DETECTION)
-    feed(guard, noise(300, seed=9))
-    feed(guard, [130.0] * 3, start=300)
-    assert guard.is_open
-    half_width = guard.detector.expected_range()[1] - 100.0  # ~ z_open (2.58) sigma for "both"
-    hover = 100.0 + half_width * 0.9  # between the clear (z 1.96) and open (z 2.58) thresholds
-    assert feed(guard, [hover] * 20, start=303) == []
-    assert guard.is_open
+    """Bursts of clearly anomalous samples separated by a few ordinary ones: one page."""
+    guard = SeriesGuard(rule(), DEFAULTS)
+    values = noise(400, seed=11)
+    rng = random.Random(12)
+    for _ in range(25):
+        values += [112.0 + x for x in noise(3, level=0.0, seed=rng.randrange(1 << 30))]
+        values += noise(rng.randint(1, 4), seed=rng.randrange(1 << 30))
+    values += noise(300, seed=13)
+    assert len(opened(feed(guard, values))) == 1
 
 
 def test_stale_marker_resolves_and_resets() -> None:
-    guard = SeriesGuard(rule(), DETECTION)
-    feed(guard, noise(300, seed=10))
-    (_, opened), *_ = feed(guard, [150.0] * 4, start=300)
-    assert opened.kind is TransitionKind.OPENED
-    resolved = guard.end(310 * STEP_MS)
+    guard = SeriesGuard(rule(), DEFAULTS)
+    feed(guard, noise(400, seed=14))
+    (_, first), *_ = feed(guard, [150.0] * 4, start=400)
+    assert first.kind is TransitionKind.OPENED
+    resolved = guard.end(410 * STEP_MS)
     assert resolved is not None
     assert resolved.kind is TransitionKind.RESOLVED
     assert resolved.value is None
-    assert resolved.ts_ms == 310 * STEP_MS
-    assert (resolved.window_start_ms, resolved.window_end_ms) == (300 * STEP_MS, 303 * STEP_MS)
-    assert guard.end(311 * STEP_MS) is None
-    # A streak does not survive the stale marker either: 2 + 1 anomalous samples do not open.
-    feed(guard, noise(200, seed=11), start=400)
-    assert feed(guard, [150.0] * 2, start=600) == []
-    assert guard.end(602 * STEP_MS) is None
-    assert feed(guard, [150.0], start=603) == []
+    assert resolved.ts_ms == 410 * STEP_MS
+    assert (resolved.window_start_ms, resolved.window_end_ms) == (400 * STEP_MS, 403 * STEP_MS)
+    assert guard.end(411 * STEP_MS) is None
+    assert not guard.is_open
 
 
-def test_no_alarm_during_warmup() -> None:
-    guard = SeriesGuard(rule(), DETECTION)
-    values = [100.0, 100.5, 99.5] * 5 + [500.0] * 5 + [100.0] * 9
-    assert len(values) < DETECTION.warmup
-    assert feed(guard, values) == []
-    assert guard.detector.n == len(values)
-
-
-def test_a_persistent_level_shift_becomes_the_new_normal() -> None:
-    guard = SeriesGuard(rule(), DETECTION)
-    values = noise(300, seed=12) + noise(3000, level=120.0, seed=13)
+def test_a_level_shift_that_stays_is_accepted_after_a_while() -> None:
+    guard = SeriesGuard(rule(), DEFAULTS)
+    values = noise(400, seed=15) + noise(3000, level=120.0, seed=16)
     events = feed(guard, values)
     assert [t.kind for _, t in events] == [TransitionKind.OPENED, TransitionKind.RESOLVED]
     opened_at, resolved_at = events[0][0], events[1][0]
-    # Not at once: the incident is judged against the old baseline for a while ...
-    assert resolved_at - opened_at > DETECTION.half_life / 2
-    # ... but accepted within a few baseline memories.
-    assert resolved_at - opened_at < 5 * DETECTION.half_life
+    assert opened_at == 400
+    # Not at once (one page, judged against the old level for the rest period) ...
+    assert resolved_at - opened_at >= DEFAULTS.rest_after_alarm
+    # ... but accepted within a few spread memories, and quiet at the new level afterwards.
+    assert resolved_at - opened_at < 5 * DEFAULTS.spread_half_life
+    assert guard.state is SeriesState.NORMAL
 
 
-def test_guard_pickles_mid_incident() -> None:
-    guard = SeriesGuard(rule(), DETECTION)
-    feed(guard, noise(300, seed=14))
-    feed(guard, [140.0] * 2, start=300)  # a streak is running
-    copy: SeriesGuard = pickle.loads(pickle.dumps(guard))
-    tail = [140.0, 141.0, *noise(50, seed=15)]
-    assert feed(copy, tail, start=302) == feed(guard, tail, start=302)
+def test_peek_scores_without_learning_or_changing_state() -> None:
+    guard = SeriesGuard(rule(), DEFAULTS)
+    feed(guard, noise(400, seed=17))
+    before = plain.dump(guard)
+    assert guard.peek(200.0) >= 1.0
+    assert guard.peek(100.0) < 1.0
+    assert plain.dump(guard) == before
+
+
+def test_plain_state_round_trip_mid_incident_continues_identically() -> None:
+    guard = SeriesGuard(rule(), DEFAULTS)
+    feed(guard, noise(400, seed=18))
+    feed(guard, [140.0] * 2, start=400)  # an episode is open
+    copy = SeriesGuard(rule(), DEFAULTS)
+    plain.apply(copy, orjson.loads(orjson.dumps(plain.dump(guard))))
+    tail = [140.0, 141.0, *noise(300, seed=19)]
+    assert feed(copy, tail, start=402) == feed(guard, tail, start=402)
+    assert copy.score == guard.score
 
 
 def test_non_finite_values_are_refused() -> None:
-    guard = SeriesGuard(rule(), DETECTION)
+    guard = SeriesGuard(rule(), DEFAULTS)
     feed(guard, noise(50))
     with pytest.raises(ValueError, match="finite"):
         guard.observe(50 * STEP_MS, math.nan)
 
 
 def test_admit_skips_points_at_or_before_the_watermark_which_survives_a_checkpoint() -> None:
-    guard = SeriesGuard(rule(), DETECTION)
+    guard = SeriesGuard(rule(), DEFAULTS)
     assert [guard.admit(t) for t in (10, 20, 20, 15, 30)] == [None, None, "duplicate", "out_of_order", None]
-    assert pickle.loads(pickle.dumps(guard)).watermark == 30
+    copy = SeriesGuard(rule(), DEFAULTS)
+    plain.apply(copy, plain.dump(guard))
+    assert copy.watermark == 30
+
+
+def test_daily_seasonality_a_value_normal_at_noon_is_flagged_at_3_am() -> None:
+    """The seasonal detector judges each hour of the day against that hour: after a few days the busy
+    office-hours level opens an anomaly at 3 a.m. and nothing else opens that day. The level/spread
+    detector, which only follows the level, misses it: to it, the 3 a.m. jump is like every daily one."""
+    minute, day = 60_000, 24 * 60
+    rng = random.Random(21)
+    at_3_am = 5 * day + 3 * 60  # of the sixth day
+    values = []
+    for i in range(6 * day):
+        busy = 9 <= i // 60 % 24 < 17 or at_3_am <= i < at_3_am + 10
+        values.append((100.0 if busy else 10.0) + rng.gauss(0.0, 1.0))
+
+    def opened_on_the_last_day(detector: str) -> list[int]:
+        guard = SeriesGuard(
+            MetricRule.model_validate({"match": ".*", "detector": detector, "min_rel_deviation": 0.0}),
+            DEFAULTS,
+        )
+        events = feed(guard, values, step_ms=minute)
+        return [i for i, t in events if t.kind is TransitionKind.OPENED and i >= 5 * day]
+
+    assert opened_on_the_last_day("seasonal") == [at_3_am]
+    assert opened_on_the_last_day("zscore") == []  # the daily jumps taught it that jumps are normal
+
+
+def test_the_seasonal_profile_round_trips_its_hours_in_plain_state() -> None:
+    seasonal = MetricRule.model_validate({"match": ".*", "detector": "seasonal"})
+    guard = SeriesGuard(seasonal, DEFAULTS)
+    for i in range(3000):
+        guard.observe(i * 60_000, 10.0 + (i // 60 % 24) + random.Random(i).random())
+    copy = SeriesGuard(seasonal, DEFAULTS)
+    plain.apply(copy, orjson.loads(orjson.dumps(plain.dump(guard))))
+    for i in range(3000, 3300):
+        x = 10.0 + (i // 60 % 24)
+        assert copy.peek(x, i * 60_000) == guard.peek(x, i * 60_000)
+        assert copy.observe(i * 60_000, x) == guard.observe(i * 60_000, x)

@@ -18,7 +18,8 @@ def processor(bank: ModelBank | None = None) -> Processor:
     return Processor(bank or ModelBank(load_config(None)), max_future_ms=600_000)
 
 
-def incident_batch(instance: str = "pod-a", n: int = 80) -> bytes:
+def incident_batch(instance: str = "pod-a", n: int = 260) -> bytes:
+    """A steady series past its learning period (200 samples), then five samples 100 times higher."""
     points = [(NOW - (n - i) * 15_000, 100.0 if i < n - 5 else 10_000.0) for i in range(n)]
     return encode_batch([Series("checkout", "http_errors_total:rate", instance, points)])
 
@@ -26,7 +27,7 @@ def incident_batch(instance: str = "pod-a", n: int = 80) -> bytes:
 def test_an_incident_becomes_one_cloud_event_keyed_by_analysis_key() -> None:
     outcome = processor().handle(incident_batch(), SRC, now_ms=NOW)
     assert outcome.deadletters == []
-    assert outcome.samples == 80
+    assert outcome.samples == 260
     assert len(outcome.events) == 1
     key, raw = outcome.events[0]
     assert key == analysis_key("checkout", "http_errors_total:rate")

@@ -1,0 +1,217 @@
+"""Calibration stages after any detector: raw scores in, a **normalised score** out.
+
+The normalised score ``s`` means the same on every series and every detector: ``s >= 1`` is an anomaly at
+the rule's sensitivity (1 = the opening threshold), larger is more anomalous, unbounded above. The largest of
+three stages makes it, and the rule's ignore thresholds have the last word:
+
+* :class:`Likelihood` — Numenta's anomaly likelihood (Ahmad et al., Neurocomputing 2017): the raw score's
+  short moving average judged by its Gaussian tail against the mean and variance of the same averages over
+  the series' long history. ``s = ln(tail) / ln(tail_open)``, where ``tail_open`` is the sensitivity's
+  per-sample tail probability (:data:`TAIL_OPEN`): the same false-alarm rate whatever the detector, because
+  each detector's raw scores are judged against their own distribution. (Numenta's "red filter", of a run
+  of red samples only the first counts, is the guard's job here: one page per episode, see
+  :mod:`engine.guard`; measured on NAB, the filter added nothing on top of it.)
+* :class:`NewExtreme` — a value beyond everything the series has shown, by more than ``share`` of the range
+  seen so far, scores ``1 + (excess beyond the tolerance) / range`` (risk direction only; the rule's
+  ``new_extreme``, on for the catch-all rule only).
+* Overwhelming raw scores — the likelihood judges raw scores against their own history, so a history that
+  holds a regime change (a flat series turning noisy) makes it deaf for a while; a raw score of at least
+  :data:`RAW_OPEN` (60 sigma for the level/spread detector) opens on its own, scoring the ratio of its odds
+  ``r / (1 - r)`` to those of ``RAW_OPEN``.
+* Ignore thresholds — a deviation from the detector's level smaller than ``max(min_abs_deviation,
+  min_rel_deviation · |level|)`` scores at most :data:`IGNORED_CAP`, below the opening threshold.
+
+The state is plain numbers and short lists of floats (checkpoints hold no pickle): the long history is
+kept as per-block sums and sums of squares, so it costs a few hundred bytes, not thousands of floats.
+"""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+
+from engine.config import Direction, MetricRule, Sensitivity
+
+__all__ = ["IGNORED_CAP", "RAW_OPEN", "TAIL_OPEN", "Calibrator", "Likelihood", "NewExtreme", "log_tail"]
+
+#: Sensitivity → per-sample tail probability of the likelihood stage that opens an anomaly (s = 1).
+TAIL_OPEN: MappingProxyType[Sensitivity, float] = MappingProxyType(
+    {Sensitivity.HIGH: 1e-4, Sensitivity.MEDIUM: 1e-5, Sensitivity.LOW: 1e-6}
+)
+#: Raw scores per moving average; averages per block; blocks of history the distribution is fitted over.
+AVERAGE = 10
+BLOCK = 100
+BLOCKS = 30
+#: Raw score that opens on its own, whatever the likelihood's history (the odds r / (1 - r) of the raw score
+#: against those of RAW_OPEN make the score): a deviation of 60 sigma for the level/spread detector.
+RAW_OPEN = 60.0 / (60.0 + 3.0)
+#: Highest score of a deviation inside the rule's ignore thresholds.
+IGNORED_CAP = 0.9
+
+_SQRT2 = math.sqrt(2.0)
+_LN_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+#: Floors of the fitted distribution of averaged raw scores (Numenta's lower-bound check).
+_MEAN_FLOOR = 0.03
+_VAR_FLOOR = 0.0003
+
+
+def log_tail(z: float) -> float:
+    """ln P(Z >= z) of a standard normal; exact in the far tail too (never -inf), so scores never clip.
+
+    >>> round(log_tail(0.0), 6) == round(math.log(0.5), 6)
+    True
+    >>> log_tail(50.0) > -1260.0 > log_tail(51.0)
+    True
+    """
+    if z < 30.0:
+        return math.log(0.5 * math.erfc(z / _SQRT2))
+    # Mills ratio: P(Z >= z) ~ phi(z) / z * (1 - 1/z^2)
+    return -0.5 * z * z - _LN_SQRT_2PI - math.log(z) + math.log1p(-1.0 / (z * z))
+
+
+class Likelihood:
+    """Numenta's anomaly likelihood over a raw score, with constant-size state.
+
+    ``average`` raw scores make one moving average; the distribution of those averages is fitted every
+    ``block`` samples over the last ``blocks`` blocks (so over ``block · blocks`` samples).
+    """
+
+    __slots__ = (
+        "_average",
+        "_block",
+        "_blocks",
+        "_ln_open",
+        "block_n",
+        "block_sq",
+        "block_sum",
+        "mean",
+        "ns",
+        "recent",
+        "sqs",
+        "sums",
+        "var",
+    )
+
+    def __init__(self, *, tail_open: float, average: int = 10, block: int = 100, blocks: int = 30) -> None:
+        if not 0.0 < tail_open < 0.5:
+            raise ValueError(f"tail_open must be in (0, 0.5), got {tail_open!r}")
+        self._ln_open = math.log(tail_open)
+        self._average = average
+        self._block = block
+        self._blocks = blocks
+        self.recent: list[float] = []
+        self.sums: list[float] = []
+        self.sqs: list[float] = []
+        self.ns: list[int] = []
+        self.block_sum = 0.0
+        self.block_sq = 0.0
+        self.block_n = 0
+        self.mean = 0.0
+        self.var = 0.0  # 0: not fitted yet
+
+    def observe(self, raw: float, *, learn: bool = True) -> float:
+        """The normalised score of ``raw`` (the sample's raw score); ``learn`` adds it to the history."""
+        recent = self.recent
+        window = recent[len(recent) - self._average + 1 :] if len(recent) >= self._average else recent
+        avg = (sum(window) + raw) / (len(window) + 1)
+        score = 0.0
+        if self.var > 0.0:
+            z = max((avg - self.mean) / math.sqrt(self.var), 0.0)
+            score = log_tail(z) / self._ln_open
+        if learn:
+            recent.append(raw)
+            if len(recent) > self._average:
+                del recent[0]
+            self.block_sum += avg
+            self.block_sq += avg * avg
+            self.block_n += 1
+            if self.block_n >= self._block:
+                self._close_block()
+        return score
+
+    def _close_block(self) -> None:
+        self.sums.append(self.block_sum)
+        self.sqs.append(self.block_sq)
+        self.ns.append(self.block_n)
+        if len(self.ns) > self._blocks:
+            del self.sums[0], self.sqs[0], self.ns[0]
+        self.block_sum = self.block_sq = 0.0
+        self.block_n = 0
+        n = sum(self.ns)
+        mean = sum(self.sums) / n
+        var = max(sum(self.sqs) / n - mean * mean, 0.0)
+        self.mean = max(mean, _MEAN_FLOOR)
+        self.var = max(var, _VAR_FLOOR)
+
+
+class NewExtreme:
+    """A value beyond the series' earlier minimum or maximum by more than ``share`` of that range."""
+
+    __slots__ = ("_share", "_sign", "high", "low", "n")
+
+    def __init__(self, *, share: float, direction: Direction = Direction.BOTH) -> None:
+        if share < 0:
+            raise ValueError(f"share must be >= 0, got {share!r}")
+        self._share = share
+        self._sign = {Direction.HIGHER: 1, Direction.LOWER: -1, Direction.BOTH: 0}[Direction(direction)]
+        self.n = 0
+        self.low = 0.0
+        self.high = 0.0
+
+    def observe(self, x: float, *, learn: bool = True) -> float:
+        """The normalised score of ``x`` (0 when it is no new extreme); ``learn`` widens the range."""
+        score = 0.0
+        if self.n and self._share > 0.0:
+            span = self.high - self.low
+            if span > 0.0:
+                tolerance = self._share * span
+                above = x - self.high - tolerance if self._sign >= 0 else -1.0
+                below = self.low - x - tolerance if self._sign <= 0 else -1.0
+                excess = max(above, below)
+                if excess > 0.0:
+                    score = 1.0 + excess / span
+        if learn:
+            if self.n == 0:
+                self.low = self.high = x
+            else:
+                self.low = min(self.low, x)
+                self.high = max(self.high, x)
+            self.n += 1
+        return score
+
+
+_RAW_MAX = math.nextafter(1.0, 0.0)
+
+
+def _odds(raw: float) -> float:
+    raw = min(raw, _RAW_MAX)  # a raw score rounded to 1.0 (beyond 1e16 sigma) stays finite
+    return raw / (1.0 - raw)
+
+
+_ODDS_OPEN = _odds(RAW_OPEN)
+
+
+class Calibrator:
+    """The stages of one series, in order: likelihood, new extreme and overwhelming raw score (the largest
+    wins), then the ignore thresholds."""
+
+    __slots__ = ("extreme", "likelihood", "min_abs", "min_rel")
+
+    def __init__(self, rule: MetricRule) -> None:
+        self.likelihood = Likelihood(
+            tail_open=TAIL_OPEN[rule.sensitivity], average=AVERAGE, block=BLOCK, blocks=BLOCKS
+        )
+        self.extreme = NewExtreme(share=rule.new_extreme, direction=rule.direction)
+        self.min_abs = rule.min_abs_deviation
+        self.min_rel = rule.min_rel_deviation
+
+    def observe(self, x: float, raw: float, level: float, *, learn: bool = True) -> float:
+        """Normalised score of value ``x`` whose detector gave ``raw`` and expected ``level``."""
+        score = max(
+            self.likelihood.observe(raw, learn=learn),
+            self.extreme.observe(x, learn=learn),
+            _odds(raw) / _ODDS_OPEN,
+        )
+        if (self.min_abs or self.min_rel) and abs(x - level) < max(self.min_abs, self.min_rel * abs(level)):
+            score = min(score, IGNORED_CAP)
+        return score
