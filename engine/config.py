@@ -74,6 +74,8 @@ class Topics(Frozen):
     metadata: str = "vigil.metadata"
     #: compacted, keyed by (watch, query): the poller's watermark, the last step it emitted completely
     poller_state: str = "vigil.poller-state"
+    #: compacted, keyed by verification id: the API's jobs (request, status, verdict)
+    verifications: str = "vigil.verifications"
 
 
 class KafkaConfig(Frozen):
@@ -472,8 +474,19 @@ class PollerConfig(Frozen):
 
 
 class ApiConfig(Frozen):
+    """The HTTP API (verifications): ``vigil api``, and in ``vigil run`` when ``enabled``."""
+
+    enabled: bool = Field(default=False, description="true: `vigil run` also runs the API")
     host: str = "127.0.0.1"
-    port: int = Field(default=9202, ge=0, le=65535)
+    port: int = Field(default=9202, ge=0, le=65535, description="0: any free port (printed)")
+    auth: AuthConfig = AuthConfig()
+    tls: TLSConfig = TLSConfig()
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_running: int = Field(default=64, ge=1, le=10_000, description="verifications judged at once")
+    max_wait_s: float = Field(default=60.0, ge=0, le=600, description="longest ?wait_s= long-poll")
+    lease_s: float = Field(
+        default=30.0, gt=0, le=3600, description="a running job not updated this long is taken over"
+    )
 
 
 class WorkerConfig(Frozen):
