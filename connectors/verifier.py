@@ -13,11 +13,13 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from connectors.prometheus import PrometheusClient, RangeResult, Window, aligned
 from engine.config import VigilConfig
 from engine.errors import VigilError
 from engine.verification import Counts, Judge, Observation, Outcome, Verdict
+from engine.verification.compare import AgainstReferences
 from engine.verification.request import Plan, duration_s
 
 #: how long after a step a live run waits before asking for it (Prometheus' scrape and rule lag)
@@ -122,6 +124,66 @@ def observations(plan: Plan, fetched: Fetched, t: int) -> dict[str, Observation]
     return seen
 
 
+async def fetch_against(client: PrometheusClient, plan: Plan, window: Window) -> dict[str, Fetched]:
+    """For ``before_after``/``load_test``: per reference, the judged window's values as ``canary`` and the
+    reference window's (the same queries ``offset`` earlier, moved onto the judged steps) as ``baseline``."""
+    references = plan.request.references()
+    shifted = [Window(window.start_ms - back, window.end_ms - back, window.step_ms) for _, back in references]
+    now, *earlier = await asyncio.gather(
+        fetch(client, plan, window), *(fetch(client, plan, w) for w in shifted)
+    )
+    out = {}
+    for (name, back), then in zip(references, earlier, strict=True):
+        merged = Fetched()
+        for metric, values in now.values.items():
+            moved = {
+                ("baseline", kind): {t + back: v for t, v in points.items()}
+                for (_, kind), points in then.values.get(metric, {}).items()
+            }
+            merged.values[metric] = {**values, **moved}
+        out[name] = merged
+    return out
+
+
+class _Compared:
+    """A judge of the window against its references, fed like :class:`Judge` from :func:`fetch_against`."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        names = [name for name, _ in plan.request.references()]
+        self.judge = AgainstReferences([m.spec for m in plan.metrics], plan.settings, names)
+
+    async def fetch(self, client: PrometheusClient, window: Window) -> dict[str, Fetched]:
+        return await fetch_against(client, self.plan, window)
+
+    def look(self, t: int, fetched: dict[str, Fetched]) -> Outcome | None:
+        return self.judge.look(t, {r: observations(self.plan, f, t) for r, f in fetched.items()})
+
+    def verdict(self, *, final: bool = True) -> Verdict:
+        return self.judge.verdict(final=final)
+
+
+class _Simple:
+    """A canary judge, with the same interface as :class:`_Compared`."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.judge = Judge([m.spec for m in plan.metrics], plan.settings)
+
+    async def fetch(self, client: PrometheusClient, window: Window) -> Fetched:
+        return await fetch(client, self.plan, window)
+
+    def look(self, t: int, fetched: Fetched) -> Outcome | None:
+        return self.judge.look(t, observations(self.plan, fetched, t))
+
+    def verdict(self, *, final: bool = True) -> Verdict:
+        return self.judge.verdict(final=final)
+
+
+def _judge_for(plan: Plan) -> _Simple | _Compared:
+    return _Compared(plan) if plan.request.references() else _Simple(plan)
+
+
 async def replay(
     config: VigilConfig, plan: Plan, *, progress: Progress | None = None, cancelled: Callable[[], bool] = bool
 ) -> Verdict:
@@ -133,15 +195,15 @@ async def replay(
     window = aligned(round(request.start.timestamp() * 1000), round(request.end.timestamp() * 1000), step_ms)
     if window is None:
         raise VigilError(f"no step of {request.step} falls between start and end")
-    judge = Judge([m.spec for m in plan.metrics], plan.settings)
+    judge = _judge_for(plan)
     source = next(s for s in config.poller.sources if s.name == plan.source)
     async with PrometheusClient(source) as client:
-        fetched = await fetch(client, plan, window)
+        fetched: Any = await judge.fetch(client, window)
     steps = list(window.steps())
     for i, t in enumerate(steps):
         if cancelled():
             break
-        outcome = judge.look(t, observations(plan, fetched, t))
+        outcome = judge.look(t, fetched)
         if progress is not None:
             done = progress(i + 1, len(steps), judge.verdict(final=False) if outcome else None)
             if done is not None:
@@ -162,7 +224,7 @@ async def live(
     begin = -(-begin // step_ms) * step_ms
     finish = begin + round(duration_s(request.duration) * 1000)
     total = (finish - begin) // step_ms + 1
-    judge = Judge([m.spec for m in plan.metrics], plan.settings)
+    judge = _judge_for(plan)
     source = next(s for s in config.poller.sources if s.name == plan.source)
     next_ms, seen_steps = begin, 0
     async with PrometheusClient(source) as client:
@@ -172,10 +234,10 @@ async def live(
             if window is None:
                 await asyncio.sleep(min(plan.settings.step_s, 1.0))
                 continue
-            fetched = await fetch(client, plan, window)
+            fetched: Any = await judge.fetch(client, window)
             for t in window.steps():
                 seen_steps += 1
-                outcome = judge.look(t, observations(plan, fetched, t))
+                outcome = judge.look(t, fetched)
                 if progress is not None:
                     done = progress(seen_steps, total, judge.verdict(final=False) if outcome else None)
                     if done is not None:

@@ -86,8 +86,13 @@ async def run_verify(
         elif done % every == 0 or done == total:
             err.write(f"step {done}/{total}: judging\n")
 
+    against = (
+        f"canary {request.canary} against baseline {request.baseline}"
+        if request.type == "canary"
+        else f"{request.selector} against " + ", ".join(name for name, _ in request.references())
+    )
     err.write(
-        f"verifying {request.service}: canary {request.canary} against baseline {request.baseline}, "
+        f"verifying {request.service}: {against}, "
         f"{len(chosen.metrics)} metrics from source {chosen.source}, every {request.step}"
         f" (independent samples every {strides} steps)\n"
     )

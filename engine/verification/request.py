@@ -83,10 +83,17 @@ class Request(Frozen):
     """``POST /api/v1/verifications`` and ``vigil verify``; see the README for each field's default."""
 
     service: str = Field(min_length=1, max_length=4096)
-    type: Literal["canary"] = "canary"
+    type: Literal["canary", "before_after", "load_test"] = "canary"
     source: str | None = Field(default=None, max_length=64)
-    baseline: str = Field(min_length=1, max_length=4096)
-    canary: str = Field(min_length=1, max_length=4096)
+    #: canary: the two groups' matchers (required)
+    baseline: str | None = Field(default=None, min_length=1, max_length=4096)
+    canary: str | None = Field(default=None, min_length=1, max_length=4096)
+    #: before_after and load_test: the matchers of the service's series (required)
+    selector: str | None = Field(default=None, min_length=1, max_length=4096)
+    #: before_after: when the new version rolled out (required); ``start`` defaults to it
+    deployed_at: datetime.datetime | None = None
+    #: load_test: where the earlier run's window starts (required); it is as long as this run
+    baseline_start: datetime.datetime | None = None
     instance_label: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
     metrics: tuple[MetricRequest, ...] = Field(default=(), max_length=500)
     pack: tuple[PackName, ...] = Field(default=(), max_length=5)
@@ -101,10 +108,23 @@ class Request(Frozen):
     marginal_score: float | None = Field(default=None, ge=0, le=100)
     key: str | None = Field(default=None, min_length=1, max_length=200)
 
-    @field_validator("baseline", "canary")
+    @model_validator(mode="before")
     @classmethod
-    def _matchers(cls, value: str) -> str:
-        selector(value)
+    def _start_at_the_deploy(cls, doc: object) -> object:
+        if (
+            isinstance(doc, dict)
+            and doc.get("type") == "before_after"
+            and doc.get("start") is None
+            and doc.get("deployed_at") is not None
+        ):
+            return {**doc, "start": doc["deployed_at"]}
+        return doc
+
+    @field_validator("baseline", "canary", "selector")
+    @classmethod
+    def _matchers(cls, value: str | None) -> str | None:
+        if value is not None:
+            selector(value)
         return value
 
     @field_validator("step", "duration")
@@ -114,7 +134,7 @@ class Request(Frozen):
             raise ValueError("must be between 1s and 7 days")
         return value
 
-    @field_validator("start", "end")
+    @field_validator("start", "end", "deployed_at", "baseline_start")
     @classmethod
     def _zoned(cls, value: datetime.datetime | None) -> datetime.datetime | None:
         if value is not None and value.tzinfo is None:
@@ -125,6 +145,7 @@ class Request(Frozen):
     def _consistent(self) -> Request:
         if not self.metrics and not self.pack:
             raise ValueError("give metrics and/or pack: nothing to verify")
+        self._fields_of_the_type()
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"metric names repeat: {names}")
@@ -138,9 +159,58 @@ class Request(Frozen):
             raise ValueError("marginal_score needs pass_score")
         return self
 
+    def _fields_of_the_type(self) -> None:
+        needs = {
+            "canary": ("baseline", "canary"),
+            "before_after": ("selector", "deployed_at"),
+            "load_test": ("selector", "baseline_start"),
+        }[self.type]
+        for name in needs:
+            if getattr(self, name) is None:
+                raise ValueError(f"type {self.type} needs {name}")
+        for name in ("baseline", "canary", "selector", "deployed_at", "baseline_start"):
+            if name in needs:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is not a field of type {self.type}")
+        if self.type != "canary" and self.start is None:
+            raise ValueError(f"type {self.type} needs start (the window judged)")
+        if self.deployed_at is not None and self.start is not None and self.start < self.deployed_at:
+            raise ValueError("start is before deployed_at: the window judged follows the deploy")
+        if self.baseline_start is not None and self.start is not None and self.baseline_start >= self.start:
+            raise ValueError("baseline_start is not before start: the earlier run comes first")
+
     @property
     def step_s(self) -> float:
         return duration_s(self.step)
+
+    @property
+    def length_ms(self) -> int:
+        """How long the judged window is."""
+        assert self.start is not None  # checked
+        if self.end is not None:
+            return round((self.end - self.start).total_seconds() * 1000)
+        return round(duration_s(self.duration or "0s") * 1000)
+
+    def references(self) -> tuple[tuple[str, int], ...]:
+        """The windows the judged one is compared with, as (name, how far back in ms); none for canary.
+
+        before_after: the window just before the deploy, the same hours a day and a week earlier;
+        load_test: the earlier run's window."""
+        if self.type == "before_after":
+            assert self.deployed_at is not None
+            assert self.start is not None
+            before = round((self.start - self.deployed_at).total_seconds() * 1000) + self.length_ms
+            return (
+                ("before the deploy", before),
+                ("a day earlier", 86_400_000),
+                ("a week earlier", 604_800_000),
+            )
+        if self.type == "load_test":
+            assert self.baseline_start is not None
+            assert self.start is not None
+            return (("the earlier run", round((self.start - self.baseline_start).total_seconds() * 1000)),)
+        return ()
 
 
 def parse_request(doc: object) -> Request:
@@ -246,7 +316,14 @@ def plan(request: Request, config: VigilConfig) -> Plan:
         "service": request.service,
         "instance_label": instance_label,
     }
-    roles = {"baseline": selector(request.baseline), "canary": selector(request.canary)}
+    if request.type == "canary":
+        assert request.baseline is not None
+        assert request.canary is not None
+        roles = {"baseline": selector(request.baseline), "canary": selector(request.canary)}
+    else:
+        # the same series at other times: the reference windows are fetched from the canary queries
+        assert request.selector is not None  # checked by Request
+        roles = {"canary": selector(request.selector)}
     entries: list[tuple[MetricSpec, dict[str, str]]] = []
     for pack in request.pack:
         for entry in load_pack(pack):
@@ -297,6 +374,18 @@ def plan(request: Request, config: VigilConfig) -> Plan:
         )
         for spec, templates in entries
     )
+    if request.type != "canary":
+        # pods change with a deploy: there is no pod to pair with an earlier one, so aggregates only
+        metrics = tuple(
+            MetricPlan(
+                m.spec,
+                {
+                    r: {k: q for k, q in qs.items() if not k.startswith("instance_")}
+                    for r, qs in m.queries.items()
+                },
+            )
+            for m in metrics
+        )
     for one in metrics:  # per-instance counts, when the instance query is a plain A / B
         for queries in one.queries.values():
             parts = split_ratio(queries.get("instance_query", "")) if one.spec.counts else None

@@ -79,7 +79,7 @@ def test_a_plain_error_ratio_is_split_into_counts() -> None:
         ({"end": "2026-11-01T18:00:00Z"}, "end is not after start"),
         ({"end": None}, "give end"),
         ({"sensitivity": "extreme"}, "sensitivity:"),
-        ({"type": "before_after"}, "type:"),
+        ({"type": "ab_test"}, "type:"),
         ({"metrics": [{"name": "a", "query": "x", "numerator": "n"}]}, "numerator and denominator"),
         ({"metrics": [{"name": "a b", "query": "x"}]}, "metrics.0.name"),
         ({"metrics": [{"name": "a", "query": "x", "weight": -1}]}, "weight"),
