@@ -20,12 +20,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from connectors.kafka import ensure_topics, start_producer
 from connectors.prometheus import QueryError
 from connectors.verifier import verify
 from engine.config import VigilConfig
-from engine.errors import VigilError
+from engine.errors import ConfigError, VigilError
 from engine.events import iso
 from engine.verification import Outcome, Verdict
 from engine.verification.document import verdict_document
@@ -214,6 +215,9 @@ class Jobs:
         ident = job_id(request.key)
         if ident in self.docs:
             return self.docs[ident], False
+        earlier_run = request.baseline_run
+        if earlier_run is not None:
+            request = self.against_run(request, earlier_run)
         plan(request, self.config)  # unknown source or pack: refused before anything is written
         doc: dict[str, Any] = {
             "id": ident,
@@ -233,11 +237,26 @@ class Jobs:
             "due_at_ms": due_at_ms(request, now_ms()),
             "owner": self.replica,
             "request": request.model_dump(mode="json", exclude_none=True),
+            "baseline_run": earlier_run,
         }
         await self._write(doc)
         await self._event(doc, "started")
         self._launch(doc)
         return doc, True
+
+    def against_run(self, request: Request, run: str) -> Request:
+        """A load test against an earlier verification (by id or key): its window's start as
+        ``baseline_start``; ConfigError when no such verification is known."""
+        earlier = self.docs.get(run) or self.docs.get(job_id(run))
+        if earlier is None:
+            raise ConfigError(f"baseline_run: no verification with id or key {run!r:.60}")
+        began = earlier["request"].get("start") or earlier["created_at"]
+        doc = request.model_dump(mode="json", exclude_none=True) | {"baseline_start": began}
+        del doc["baseline_run"]
+        try:
+            return Request.model_validate(doc)
+        except ValidationError as exc:
+            raise ConfigError(f"baseline_run: {exc.errors()[0]['msg']}") from None
 
     async def cancel(self, ident: str) -> dict[str, Any]:
         doc = dict(self.docs[ident])

@@ -92,8 +92,10 @@ class Request(Frozen):
     selector: str | None = Field(default=None, min_length=1, max_length=4096)
     #: before_after: when the new version rolled out (required); ``start`` defaults to it
     deployed_at: datetime.datetime | None = None
-    #: load_test: where the earlier run's window starts (required); it is as long as this run
+    #: load_test: where the earlier run's window starts; it is as long as this run. Or ``baseline_run``:
+    #: the id or key of an earlier verification, whose start the API looks up (one of the two is required)
     baseline_start: datetime.datetime | None = None
+    baseline_run: str | None = Field(default=None, min_length=1, max_length=200)
     instance_label: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
     metrics: tuple[MetricRequest, ...] = Field(default=(), max_length=500)
     pack: tuple[PackName, ...] = Field(default=(), max_length=5)
@@ -163,12 +165,16 @@ class Request(Frozen):
         needs = {
             "canary": ("baseline", "canary"),
             "before_after": ("selector", "deployed_at"),
-            "load_test": ("selector", "baseline_start"),
+            "load_test": ("selector",),
         }[self.type]
         for name in needs:
             if getattr(self, name) is None:
                 raise ValueError(f"type {self.type} needs {name}")
-        for name in ("baseline", "canary", "selector", "deployed_at", "baseline_start"):
+        if self.type == "load_test":
+            if (self.baseline_start is None) == (self.baseline_run is None):
+                raise ValueError("type load_test needs one of baseline_start and baseline_run")
+            needs = ("selector", "baseline_start", "baseline_run")
+        for name in ("baseline", "canary", "selector", "deployed_at", "baseline_start", "baseline_run"):
             if name in needs:
                 continue
             if getattr(self, name) is not None:
@@ -304,6 +310,11 @@ def stride_of(queries: list[str], step_s: float) -> int:
 
 def plan(request: Request, config: VigilConfig) -> Plan:
     """The queries and judging rules of ``request`` under ``config``; ConfigError for an unknown source."""
+    if request.baseline_run is not None:
+        raise ConfigError(
+            "baseline_run: an earlier verification is looked up by the API (vigil verify --api);"
+            " give baseline_start here"
+        )
     sources = config.poller.sources
     if not sources:
         raise ConfigError("poller.sources is empty: verification reads a Prometheus source")

@@ -187,6 +187,48 @@ async def test_pass_and_inconclusive(server: ApiServer) -> None:
     assert "no canary traffic since" in idle["reason"]
 
 
+LATENCY = (
+    "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{ {{selector}} }[1m])))"
+)
+
+
+async def test_a_load_test_against_an_earlier_run_by_key_or_id(server: ApiServer) -> None:
+    """The earlier run is a verification of 10:02-10:17; the load test (10:17-10:32, the same canary pods'
+    p95 latency, load within ±20 %, so latency within ±2 %) is judged against its window and passes."""
+    earlier = request("clean", end="2026-12-02T10:17:00Z", key="load-run-1")
+    metric = {"name": "latency_p95", "query": LATENCY, "direction": "higher"}
+    load = {
+        "service": "clean",
+        "type": "load_test",
+        "selector": 'job="clean",version="v42"',
+        "metrics": [metric],
+        "start": "2026-12-02T10:17:00Z",
+        "end": END,
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url + URL, json=earlier) as r:
+            assert r.status == 201
+            first = await r.json()
+        for run in ("load-run-1", first["id"]):
+            body = load | {"baseline_run": run, "key": f"load-{run}"}
+            async with session.post(server.url + URL, json=body) as r:
+                assert r.status == 201, await r.text()
+                ident = (await r.json())["id"]
+            doc = await done(session, server.url, ident)
+            assert doc["verdict"] == "pass", doc["reason"]
+            assert doc["type"] == "load_test"
+            assert doc["baseline_run"] == run
+            assert doc["request"]["baseline_start"] == "2026-12-02T10:02:00Z"
+            assert doc["reason"].startswith("as good as the earlier run")
+        async with session.post(server.url + URL, json=load | {"baseline_run": "no-such-run"}) as r:
+            assert r.status == 400
+            assert "baseline_run: no verification with id or key 'no-such-run'" in (await r.json())["reason"]
+        both = load | {"baseline_run": "load-run-1", "baseline_start": "2026-12-02T10:02:00Z"}
+        async with session.post(server.url + URL, json=both) as r:
+            assert r.status == 400
+            assert "one of baseline_start and baseline_run" in (await r.json())["reason"]
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "reason"),
     [

@@ -182,3 +182,12 @@ def test_canary_still_needs_its_two_groups() -> None:
                 "duration": "5m",
             }
         )
+
+
+def test_baseline_run_is_for_the_api_to_look_up(prometheus: Prometheus) -> None:
+    doc = request("same", type="load_test", baseline_run="run-1", start="2026-12-02T10:30:00Z")
+    del doc["deployed_at"]
+    with pytest.raises(ConfigError, match="baseline_run: an earlier verification is looked up by the API"):
+        plan(parse_request(doc), config(prometheus))
+    with pytest.raises(ConfigError, match="baseline_run is not a field of type before_after"):
+        parse_request(request("same", baseline_run="run-1"))
