@@ -143,7 +143,7 @@ def test_load_test_against_an_earlier_run(prometheus: Prometheus) -> None:
         ({"start": "2026-12-02T10:00:00Z"}, "start is before deployed_at"),
         ({"deployed_at": "2026-12-02T10:30:00"}, "time zone"),
         ({"selector": "{{{"}, "label matchers"),
-        ({"type": "load_test"}, "needs baseline_start"),
+        ({"type": "load_test"}, "needs one of baseline_start and baseline_run"),
         (
             {
                 "type": "load_test",
