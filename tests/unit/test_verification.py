@@ -20,7 +20,7 @@ from engine.verification import (
     Result,
     Settings,
 )
-from engine.verification.sequential import RateTest, sign_bound
+from engine.verification.sequential import RateTest, sign_bound, sign_log_e
 
 STEP_MS = 15_000
 T0 = 1_796_205_600_000  # 2026-12-02T10:00:00Z
@@ -337,3 +337,12 @@ def test_doctests(name: str) -> None:
     result = doctest.testmod(module)
     assert result.failed == 0
     assert result.attempted > 0
+
+
+def test_twelve_signs_up_reject_for_the_http_pack_at_alpha_001() -> None:
+    """Three pod pairs a minute at a [1m] stride: twelve signs, all up, must beat the http pack's
+    threshold (six failing sides, alpha 0.01 halved for the instances), so a clear shift fails at minute
+    3; eleven must not (each sign is worth at most log 2, whatever the grid)."""
+    threshold = math.log(6 / (0.01 / 2))
+    assert sign_log_e(12, 12) >= threshold
+    assert sign_log_e(11, 11) < threshold
