@@ -266,9 +266,26 @@ def poll(
 @app.command()
 def verify(
     service: Annotated[str, typer.Option(help="the service (value of labels.service)")],
-    baseline: Annotated[str, typer.Option(help='label matchers of the baseline, e.g. version="v41"')],
-    canary: Annotated[str, typer.Option(help='label matchers of the canary, e.g. version="v42"')],
+    baseline: Annotated[
+        str | None, typer.Option(help='canary: label matchers of the baseline, e.g. version="v41"')
+    ] = None,
+    canary: Annotated[
+        str | None, typer.Option(help='canary: label matchers of the canary, e.g. version="v42"')
+    ] = None,
     config: ConfigOption = None,
+    kind: Annotated[str, typer.Option("--type", help="canary, before_after or load_test")] = "canary",
+    selector: Annotated[
+        str | None, typer.Option(help="before_after, load_test: label matchers of the service's series")
+    ] = None,
+    deployed_at: Annotated[
+        str | None, typer.Option(help="before_after: RFC 3339 time of the deploy (default --start)")
+    ] = None,
+    baseline_start: Annotated[
+        str | None, typer.Option(help="load_test: RFC 3339 start of the earlier run's window")
+    ] = None,
+    baseline_run: Annotated[
+        str | None, typer.Option(help="load_test with --api: id or key of the earlier verification")
+    ] = None,
     pack: Annotated[list[str] | None, typer.Option(help="a metric pack (repeatable)")] = None,
     metric: Annotated[
         list[str] | None, typer.Option(help="NAME=QUERY with {{selector}} (repeatable)")
@@ -289,7 +306,8 @@ def verify(
         typer.Option("--api", help="submit to a running Vigil API (token from $VIGIL_API_TOKEN)"),
     ] = None,
 ) -> None:
-    """Judge a canary against its baseline: exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
+    """Judge a canary against its baseline (or a deploy against before it, a load test against an earlier
+    run): exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
     import os
 
     from connectors.prometheus import QueryError
@@ -299,15 +317,25 @@ def verify(
     try:
         doc: dict[str, object] = {
             "service": service,
-            "baseline": baseline,
-            "canary": canary,
+            "type": kind,
             "pack": pack or [],
             "metrics": [parse_metric(m) for m in metric or []],
             "step": step,
             "sensitivity": sensitivity,
             "fail_fast": not no_fail_fast,
         }
-        optional = {"start": start, "end": end, "duration": duration, "source": source}
+        optional = {
+            "start": start,
+            "end": end,
+            "duration": duration,
+            "source": source,
+            "baseline": baseline,
+            "canary": canary,
+            "selector": selector,
+            "deployed_at": deployed_at,
+            "baseline_start": baseline_start,
+            "baseline_run": baseline_run,
+        }
         doc |= {k: v for k, v in optional.items() if v is not None}
         if instance_label is not None:
             doc["instance_label"] = instance_label

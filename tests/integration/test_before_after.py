@@ -14,9 +14,12 @@ import asyncio
 import math
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
 from connectors.verifier import verify
 from engine.config import VigilConfig
@@ -25,6 +28,7 @@ from engine.verification import Outcome, Verdict
 from engine.verification.request import parse_request, plan
 from tests.fixtures.prometheus import Prometheus
 from tests.fixtures.tsdb import families, prometheus_with
+from vigil.cli import app
 
 pytestmark = [pytest.mark.integration]
 
@@ -191,3 +195,28 @@ def test_baseline_run_is_for_the_api_to_look_up(prometheus: Prometheus) -> None:
         plan(parse_request(doc), config(prometheus))
     with pytest.raises(ConfigError, match="baseline_run is not a field of type before_after"):
         parse_request(request("same", baseline_run="run-1"))
+
+
+def test_vigil_verify_before_after_exits_by_the_verdict(prometheus: Prometheus, tmp_path: Path) -> None:
+    path = tmp_path / "vigil.yaml"
+    path.write_text(f"poller:\n  sources: [{{name: main, url: '{prometheus.url}'}}]\n")
+
+    def cli(service: str, *extra: str) -> Result:
+        args = ["verify", "-c", str(path), "--service", service, "--type", "before_after"]
+        args += ["--selector", f'job="{service}"', "--deployed-at", "2026-12-02T10:30:00Z"]
+        args += [
+            "--end",
+            "2026-12-02T11:00:00Z",
+            "--metric",
+            "latency=max(app_latency_seconds{ {{selector}} })",
+        ]
+        return CliRunner().invoke(app, [*args, *extra])
+
+    failed = cli("regress")
+    assert failed.exit_code == 1, failed.output
+    assert "regressed against every reference" in failed.output
+    assert "against before the deploy, a day earlier, a week earlier" in failed.output
+    assert cli("daily").exit_code == 0
+    refused = cli("same", "--baseline", 'version="v1"')
+    assert refused.exit_code == 2
+    assert "baseline is not a field of type before_after" in refused.output
