@@ -22,7 +22,7 @@ STOP_TIMEOUT_S = 3.0
 class ApiServer:
     def __init__(self, config: VigilConfig) -> None:
         self.config = config
-        self._ssl = ssl_context(config.api.tls)
+        self._ssl = ssl_context(config.api.tls, "api.tls")
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self.port = config.api.port
