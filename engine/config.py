@@ -208,6 +208,23 @@ class DetectionConfig(Frozen):
     )
     checkpoint_interval_s: float = Field(default=30.0, gt=0)
     max_future_s: float = Field(default=600.0, ge=0, description="samples further in the future are refused")
+    idle_evict_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a sample key whose samples stopped this long ago (wall clock) leaves memory after its "
+        "checkpoint; it is restored from the checkpoint when its samples come back",
+    )
+    max_keys: int = Field(
+        default=200_000,
+        ge=1,
+        description="sample keys a worker holds in memory at most; beyond it the least recently used leaves "
+        "memory (checkpointed first)",
+    )
+    on_checkpoint_mismatch: Literal["fresh", "error"] = Field(
+        default="fresh",
+        description="a checkpoint of another format, River version or configuration: `fresh` starts the key "
+        "anew; `error` keeps the checkpoint and dead-letters the key's samples naming the mismatch",
+    )
 
 
 class AuthConfig(Frozen):
