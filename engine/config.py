@@ -136,9 +136,10 @@ class MetricRule(Frozen):
     match: str
     type: MetricType = MetricType.CUSTOM
     direction: Direction = Direction.BOTH
-    detector: Literal["zscore", "seasonal"] = Field(
+    detector: Literal["zscore", "seasonal", "forecast"] = Field(
         default="zscore",
-        description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC)",
+        description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC); "
+        "forecast: the residual of a level-and-trend forecast (Holt)",
     )
     sensitivity: Sensitivity = Sensitivity.MEDIUM
     min_abs_deviation: float = Field(

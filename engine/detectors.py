@@ -23,7 +23,15 @@ from river import base
 
 from engine.config import DetectionConfig, Direction, MetricRule
 
-__all__ = ["MAX_ABS", "Detector", "RobustZScore", "SeasonalProfile", "check_finite", "make_detector"]
+__all__ = [
+    "MAX_ABS",
+    "Detector",
+    "HoltForecast",
+    "RobustZScore",
+    "SeasonalProfile",
+    "check_finite",
+    "make_detector",
+]
 
 #: sigma of a normal distribution per unit of its mean absolute deviation (sqrt(pi/2)).
 _SIGMA_PER_MAD = math.sqrt(math.pi / 2.0)
@@ -305,6 +313,83 @@ class SeasonalProfile(base.AnomalyDetector):
         yield {}
 
 
+class HoltForecast(RobustZScore):
+    """A forecast residual: Holt's linear method (level and damped trend), the distance of a value from
+    its one-step forecast in units of the residuals' exponentially weighted mean absolute error.
+
+    Where :class:`RobustZScore` takes a steady ramp (a filling disk, a growing queue) for a series of
+    ever larger deviations, the trend here follows it, so the residual stays small while the ramp goes
+    on and grows when it breaks. The trend is damped (``damping`` per step, 0.98) so a burst does not
+    extrapolate forever. River's ``time_series.HoltWinters`` forecasts the same way but keeps no
+    per-sample weight, no spread of its residuals and no plain state; the arithmetic is a few floats.
+
+    >>> d = HoltForecast()
+    >>> for i in range(300):
+    ...     d.learn_one({"x": 100.0 + 2.0 * i + (i % 3)})  # a ramp
+    >>> d.score_one({"x": 100.0 + 2.0 * 300 + 1}) < 0.5 < 0.9 < d.score_one({"x": 100.0})
+    True
+    """
+
+    def __init__(
+        self,
+        direction: Direction = Direction.BOTH,
+        half_life: float = 30.0,
+        spread_half_life: float = 300.0,
+        trend_half_life: float = 60.0,
+        damping: float = 0.98,
+        suspect_clip: float = 10.0,
+    ) -> None:
+        super().__init__(direction, half_life, spread_half_life, suspect_clip=suspect_clip)
+        if not trend_half_life > 1.0 or not 0.0 < damping <= 1.0:
+            raise ValueError(f"trend_half_life must be > 1 and damping in (0, 1], got {damping!r}")
+        self.trend_half_life = float(trend_half_life)
+        self.damping = float(damping)
+        self._gamma = 1.0 - 0.5 ** (1.0 / self.trend_half_life)
+        self._trend = 0.0
+
+    def _forecast(self) -> float:
+        return self._level + self.damping * self._trend
+
+    def score_value(self, x: float, ts_ms: int | None = None) -> float:
+        x = check_finite(x)
+        if self.n == 0:
+            return 0.0
+        r = (x - self._forecast()) / self._sigma()
+        d = abs(r) if self._sign == 0.0 else max(self._sign * r, 0.0)
+        return 1.0 / (1.0 + Z_HALF / d) if d > 0.0 else 0.0
+
+    def learn_value(self, x: float, w: float = 1.0, ts_ms: int | None = None) -> None:
+        x = check_finite(x)
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {w!r}")
+        self.n += 1
+        if self.n == 1:
+            self._level = x
+            return
+        forecast = self._forecast()
+        r = x - forecast
+        previous = self._level
+        self._level = forecast + max(self._alpha, 1.0 / self.n) * w * r
+        step = self._level - previous
+        self._trend += max(self._gamma, 1.0 / self.n) * w * (step - self._trend)
+        spread_r = abs(r)
+        if w < 1.0:
+            spread_r = min(spread_r, self.suspect_clip * self._sigma())
+        self._mad += max(self._beta, 1.0 / self.n) * w * (spread_r - self._mad)
+
+    def level_at(self, ts_ms: int | None = None) -> float:
+        return self._forecast() if self.n else 0.0
+
+    def expected_range(self, ts_ms: int | None = None) -> tuple[float, float]:
+        if self.n == 0:
+            return (-math.inf, math.inf)
+        half_width = Z_HALF * self._sigma()
+        centre = self._forecast()
+        low = -math.inf if self.direction is Direction.HIGHER else centre - half_width
+        high = math.inf if self.direction is Direction.LOWER else centre + half_width
+        return (low, high)
+
+
 def make_detector(rule: MetricRule, detection: DetectionConfig) -> RobustZScore | SeasonalProfile:
     """The detector a metric rule asks for, configured from the rule and the detection settings."""
     if rule.detector == "zscore":
@@ -315,6 +400,12 @@ def make_detector(rule: MetricRule, detection: DetectionConfig) -> RobustZScore 
         )
     if rule.detector == "seasonal":
         return SeasonalProfile(
+            direction=rule.direction,
+            half_life=detection.half_life,
+            spread_half_life=detection.spread_half_life,
+        )
+    if rule.detector == "forecast":
+        return HoltForecast(
             direction=rule.direction,
             half_life=detection.half_life,
             spread_half_life=detection.spread_half_life,
