@@ -60,6 +60,7 @@ _NOT_SHAPING: Final = {
     "idle_evict_s",
     "max_keys",
     "on_checkpoint_mismatch",
+    "seed",  # a randomised detector's checkpoint carries its own seed
 }
 
 

@@ -136,10 +136,11 @@ class MetricRule(Frozen):
     match: str
     type: MetricType = MetricType.CUSTOM
     direction: Direction = Direction.BOTH
-    detector: Literal["zscore", "seasonal", "forecast"] = Field(
+    detector: Literal["zscore", "seasonal", "forecast", "hst"] = Field(
         default="zscore",
         description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC); "
-        "forecast: the residual of a level-and-trend forecast (Holt)",
+        "forecast: the residual of a level-and-trend forecast (Holt); hst: River's HalfSpaceTrees over "
+        "the last 3 values, scaled online",
     )
     sensitivity: Sensitivity = Sensitivity.MEDIUM
     min_abs_deviation: float = Field(
@@ -209,6 +210,11 @@ class DetectionConfig(Frozen):
     )
     checkpoint_interval_s: float = Field(default=30.0, gt=0)
     max_future_s: float = Field(default=600.0, ge=0, description="samples further in the future are refused")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="seed of randomised detectors (hst): identical input gives identical events",
+    )
     idle_evict_s: float = Field(
         default=3600.0,
         gt=0,
