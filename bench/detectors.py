@@ -40,7 +40,7 @@ from bench.common import machine
 from engine import plain
 from engine.bank import ModelBank
 from engine.calibration import Calibrator, Likelihood
-from engine.config import MetricRule, load_config
+from engine.config import DetectorName, MetricRule, load_config
 from engine.detectors import make_detector
 from engine.guard import SeriesGuard
 from engine.processor import Processor, Source
@@ -56,7 +56,7 @@ SOURCE = Source("vigil.samples", 0, 0)
 
 def detectors() -> list[str]:
     """Every detector a rule can name (the rule's ``detector`` Literal), as the contract suite finds them."""
-    return list(get_args(MetricRule.model_fields["detector"].annotation))
+    return list(get_args(DetectorName))
 
 
 def rule_of(name: str) -> MetricRule:

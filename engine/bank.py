@@ -61,6 +61,7 @@ _NOT_SHAPING: Final = {
     "max_keys",
     "on_checkpoint_mismatch",
     "seed",  # a randomised detector's checkpoint carries its own seed
+    "checkpoint_key_file",  # another key: the signatures no longer match and those checkpoints are refused
 }
 
 

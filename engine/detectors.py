@@ -543,7 +543,10 @@ class HalfSpaceTreesWindow(base.AnomalyDetector):
     def masses(self, values: list[int]) -> None:
         if not values:
             return
+        if not (1 <= self.window <= 16 and 1 <= self.n_trees <= 50 and 1 <= self.height <= 10):
+            raise ValueError("HalfSpaceTrees state of another shape (window, n_trees or height)")
         trees = self._trees
+        trees.n_trees, trees.height = self.n_trees, self.height
         if not trees.trees:  # rebuilt exactly as River builds them at the first sample
             rng = random.Random(trees.seed)
             trees.trees = [
@@ -572,7 +575,7 @@ class HalfSpaceTreesWindow(base.AnomalyDetector):
 AnyDetector = RobustZScore | SeasonalProfile | HalfSpaceTreesWindow
 
 
-def make_detector(rule: MetricRule, detection: DetectionConfig) -> AnyDetector:
+def make_detector(rule: MetricRule, detection: DetectionConfig) -> Detector:
     """The detector a metric rule asks for, configured from the rule and the detection settings."""
     if rule.detector == "zscore":
         return RobustZScore(
@@ -591,6 +594,16 @@ def make_detector(rule: MetricRule, detection: DetectionConfig) -> AnyDetector:
             direction=rule.direction,
             half_life=detection.half_life,
             spread_half_life=detection.spread_half_life,
+        )
+    if not isinstance(rule.detector, str):  # {river: ..., params: ...}
+        from engine.river_detector import RiverByName
+
+        return RiverByName(
+            rule.detector.river,
+            rule.detector.params,
+            direction=rule.direction,
+            key_file=detection.checkpoint_key_file,
+            half_life=detection.half_life,
         )
     if rule.detector == "hst":
         return HalfSpaceTreesWindow(

@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from connectors.broker import free_port
 from connectors.kafka import wait_for_port
 from engine.bank import ModelBank
-from engine.config import MetricRule, VigilConfig
+from engine.config import DetectorName, MetricRule, VigilConfig
 from engine.processor import Processor, Source
 from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
 from tests.conftest import Broker, Worker, isolated_config, read_topic
@@ -192,7 +192,7 @@ def start_worker(config: VigilConfig, started: list[Worker]) -> Worker:
     return w
 
 
-@pytest.mark.parametrize("detector", typing.get_args(MetricRule.model_fields["detector"].annotation))
+@pytest.mark.parametrize("detector", typing.get_args(DetectorName))
 def test_kill_9_mid_stream_loses_no_sample_and_changes_no_event(
     any_broker: Broker, workers: list[Worker], detector: str
 ) -> None:
