@@ -87,7 +87,6 @@ def create_app(config: VigilConfig) -> faust.App:
 
     def store_checkpoint(key: bytes, blob: bytes) -> None:
         models.data[key] = blob
-        tally.checkpointed(key, blob)
 
     async def commit(offsets: Mapping[int, int]) -> bool:
         tps = {TP(kafka.topics.samples, p): offset for p, offset in offsets.items()}
@@ -194,7 +193,7 @@ def create_app(config: VigilConfig) -> faust.App:
             samples_processed=processor.processed,
             consumer_lag=consumer_lag(app, kafka.topics.samples, tally.processed_offsets),
             models=bank.guards,
-            model_bytes=tally.model_bytes(bank.units.keys()),
+            model_bytes=bank.state_bytes,
             deadletters=dict(tally.deadletters),
             checkpoint_age_s=tally.checkpoint_age(),
             send_retries=sender.retries,
@@ -202,6 +201,9 @@ def create_app(config: VigilConfig) -> faust.App:
             start_up_gaps=ledger.gaps,
             duplicates=bank.counts.get("duplicate", 0),  # preparation's and the guards' watermarks alike
             out_of_order=bank.counts.get("out_of_order", 0),
+            evictions=dict(bank.evictions),
+            checkpoints_refused=bank.refused_checkpoints,
+            keys=len(bank.units),
         )
 
     if config.worker.metrics_enabled:
