@@ -47,6 +47,9 @@ def faust_settings(config: VigilConfig) -> dict[str, Any]:
         "broker_commit_interval": 10.0,
         # A send that waits longer is given up by this attempt and retried (engine.delivery).
         "producer_request_timeout": kafka.ack_timeout_s,
+        # How long a dead worker's partitions wait before the group gives them to the others.
+        "broker_session_timeout": kafka.session_timeout_s,
+        "broker_heartbeat_interval": kafka.session_timeout_s / 10,
         "stream_wait_empty": False,
         "table_standby_replicas": 0,
     }

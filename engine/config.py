@@ -97,6 +97,13 @@ class KafkaConfig(Frozen):
         description="wait this long for a send's acknowledgement, then resend; above the cluster's "
         "failover time (Kafka's broker.session.timeout.ms, 9 s by default, plus a controller election)",
     )
+    session_timeout_s: float = Field(
+        default=10.0,
+        ge=6,
+        le=300,
+        description="a worker that stops heartbeating for this long leaves the consumer group and its "
+        "partitions go to the others (Faust's default is 60 s); heartbeats every tenth of it",
+    )
     processing_guarantee: ProcessingGuarantee = Field(
         default=ProcessingGuarantee.AT_LEAST_ONCE,
         description="at_least_once only: exactly_once is refused (see EXACTLY_ONCE_REFUSED)",
