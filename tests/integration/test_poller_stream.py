@@ -26,14 +26,15 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import generate_latest
 
-from connectors.broker import EmbeddedBroker
+from connectors.broker import EmbeddedBroker, free_port
 from connectors.poller import Poller
 from connectors.poller.metrics import poller_registry
 from engine.config import PollerConfig, VigilConfig
 from tests.conftest import Broker, config_env, isolated_config, read_topic
+from tests.fixtures.fake_prometheus import FakePrometheus
 from tests.fixtures.prometheus import Prometheus
 from tests.fixtures.tsdb import Labels, openmetrics, prometheus_with, wait_ready
-from tests.integration.processes import default_signals
+from tests.integration.processes import default_signals, listening_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -385,3 +386,71 @@ async def test_two_shards_split_the_queries_without_polling_one_twice(
                 seen[key] = v
                 assert EXPECTED[s["instance"]][t] == v
     assert len(seen) == sent
+
+
+@contextlib.contextmanager
+def vigil_ingest(config_file: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vigil", "ingest", "-c", str(config_file)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=default_signals,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def test_vigil_ingest_never_polls(config: VigilConfig, tmp_path: Path) -> None:
+    """`vigil ingest` with an enabled poller and a watch: no request reaches the source, no watermark and
+    no sample of that watch is written. A `vigil poller` on the same source, started after ingest was up,
+    polls several times meanwhile: ingest had longer than a poller needs."""
+
+    def section(url: str, who: str) -> dict[str, Any]:
+        doc = poller_section(url, lookback_s=30) | {"enabled": True, "metrics_port": 0}
+        doc["sources"][0]["headers"] = {"X-Vigil-Test": who}
+        doc["watches"][0] |= {"name": f"{who}-watch", "service": f"{who}-svc"}
+        return doc
+
+    k = config.kafka
+    ingest_state = f"{k.topics.poller_state}-ingest"
+    async with FakePrometheus() as fake:
+        paths = {}
+        for who in ("ingest", "poller"):
+            paths[who] = tmp_path / f"{who}.yaml"
+            doc = {"kafka": {"bootstrap_servers": k.bootstrap_servers}, "poller": section(fake.url, who)}
+            paths[who].write_text(yaml.safe_dump(doc))
+        port = free_port()
+        env = config_env(config) | {
+            "VIGIL_RECEIVER__PORT": str(port),
+            "VIGIL_KAFKA__TOPICS__POLLER_STATE": ingest_state,
+        }
+        with vigil_ingest(paths["ingest"], env) as ingest:
+            await until(lambda: port in listening_ports(ingest.pid), 60, "vigil ingest to listen")
+            with vigil_poller(paths["poller"], config) as poller:
+
+                def asked(who: str) -> list[dict[str, str]]:
+                    heard = fake.headers + [h for _, _, h in fake.others]
+                    return [h for h in heard if h.get("X-Vigil-Test") == who]
+
+                await until(lambda: len(asked("poller")) >= 5, 60, "the poller to poll five times")
+                assert poller.poll() is None
+            assert ingest.poll() is None, "vigil ingest exited"
+            ingest.terminate()
+            assert await asyncio.to_thread(ingest.wait, 15) == 0
+        assert asked("ingest") == []
+        assert fake.others == []
+    samples = await read_topic(
+        k.bootstrap_servers,
+        k.topics.samples,
+        lambda r: any(s["service"] == "poller-svc" for x in r for s in x["series"]),
+        30,
+    )
+    services = {s["service"] for x in samples for s in x["series"]}
+    assert services == {"poller-svc"}
+    assert await read_topic(k.bootstrap_servers, k.topics.poller_state, lambda r: len(r) > 0, 30)
+    # the poller wrote its watermarks; had ingest polled, its own state topic would hold some
+    assert await read_topic(k.bootstrap_servers, ingest_state, lambda r: len(r) > 0, 3) == []
