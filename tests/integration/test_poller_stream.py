@@ -35,6 +35,7 @@ from tests.fixtures.fake_prometheus import FakePrometheus
 from tests.fixtures.prometheus import Prometheus
 from tests.fixtures.tsdb import Labels, openmetrics, prometheus_with, wait_ready
 from tests.integration.processes import default_signals, listening_ports
+from tests.integration.test_worker_metrics import MetricsWorker, scrape, try_scrape
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -454,3 +455,127 @@ async def test_vigil_ingest_never_polls(config: VigilConfig, tmp_path: Path) -> 
     assert await read_topic(k.bootstrap_servers, k.topics.poller_state, lambda r: len(r) > 0, 30)
     # the poller wrote its watermarks; had ingest polled, its own state topic would hold some
     assert await read_topic(k.bootstrap_servers, ingest_state, lambda r: len(r) > 0, 3) == []
+
+
+#: ``vigil poller`` with one fault: its ``hold_at``-th watermark write never happens — it prints
+#: ``held <watermark_ms>`` once that chunk's samples are acknowledged, and waits there to be killed.
+HELD_POLLER = """
+import asyncio
+import sys
+from pathlib import Path
+
+from connectors.poller import state
+from connectors.poller.service import serve
+from engine.config import load_config
+
+hold_at = int(sys.argv[2])
+saves = 0
+save = state.Watermarks.save
+
+
+async def held(self, key, watermark_ms):
+    global saves
+    saves += 1
+    if saves == hold_at:
+        print(f"held {watermark_ms}", flush=True)
+        await asyncio.Event().wait()
+    await save(self, key, watermark_ms)
+
+
+state.Watermarks.save = held
+asyncio.run(serve(load_config(Path(sys.argv[1])), asyncio.Event()))
+"""
+
+
+@contextlib.contextmanager
+def held_poller(config_file: Path, config: VigilConfig, hold_at: int) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", HELD_POLLER, str(config_file), str(hold_at)],
+        env=config_env(config),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+async def test_killed_between_samples_and_watermark_repeats_the_chunk_and_the_worker_drops_it(
+    config: VigilConfig, prometheus: Prometheus, tmp_path: Path
+) -> None:
+    """SIGKILL after a chunk's samples are acknowledged and before its watermark is written: the restarted
+    poller sends that chunk again (and only it); a real worker reads every point, learns each step once and
+    counts the repeats with its duplicate rule (``vigil_worker_points_skipped_total``)."""
+    chunk = 50
+    section = poller_section(prometheus.url, lookback_s=400, chunk_steps=chunk) | {"metrics_port": 0}
+    path = tmp_path / "vigil.yaml"
+    k = config.kafka
+    path.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": k.bootstrap_servers}, "poller": section}))
+    worker = MetricsWorker(config, tmp_path / "worker.log")
+    try:
+        async with Samples(config) as samples:
+            with held_poller(path, config, hold_at=3) as first:
+                assert first.stdout is not None
+                lines = [await asyncio.to_thread(first.stdout.readline) for _ in range(2)]
+                assert lines[0].startswith("vigil poller: metrics on"), lines
+                assert lines[1].startswith("held "), lines
+                held = int(lines[1].split()[1])
+                # the held chunk's samples are on the topic, its watermark is not: kill now
+                await until(lambda: samples.newest() >= held, 30, "the held chunk's samples")
+                first.kill()
+                first.wait()
+            await until_stable(samples)
+            assert samples.newest() == held  # nothing after the held chunk was sent
+            with vigil_poller(path, config) as second:
+                live = int(time.time() * 1000) - 3000
+                await until(lambda: samples.newest() >= live, 90, "the restarted poller to reach live")
+                second.terminate()
+                assert await asyncio.to_thread(second.wait, 15) == 0
+            await until_stable(samples)
+        total = samples.count()
+        distinct: dict[tuple[str, int], float] = {}
+        repeated: set[tuple[str, int]] = set()
+        for instance, points in samples.points.items():
+            for t, v in points:
+                if (instance, t) in distinct:
+                    repeated.add((instance, t))
+                    assert distinct[(instance, t)] == v  # a repeat carries the same value
+                distinct[(instance, t)] = v
+        # exactly the held chunk came twice: its steps (held - 50 s, held], finite points only
+        want_repeats = {
+            (i, t) for i, points in EXPECTED.items() for t in points if held - chunk * 1000 < t <= held
+        }
+        assert repeated == want_repeats
+        assert total - len(distinct) == len(repeated) > 50
+        first_ms = min(t for _, t in distinct)
+        for instance in ("a:1", "b:2"):
+            got = {t: v for (i, t), v in distinct.items() if i == instance}
+            want = {t: v for t, v in EXPECTED[instance].items() if first_ms <= t <= samples.newest()}
+            assert got == want, instance
+
+        await until(lambda: worker.port() or worker.process.poll() is not None, 60, "the worker's port")
+        port = worker.port()
+        assert port
+
+        def judged_all() -> dict[str, float] | None:
+            m = try_scrape(port)
+            return m if m.get("vigil_worker_samples_processed_total") == total else None
+
+        await until(judged_all, 120, "the worker to read every point on the topic")
+        m = scrape(port)
+        skipped = (
+            m['vigil_worker_points_skipped_total{reason="duplicate"}']
+            + m['vigil_worker_points_skipped_total{reason="out_of_order"}']
+        )
+        # every repeat dropped by the duplicate rule, each step learned once
+        assert skipped == len(repeated)
+        assert m["vigil_worker_samples_processed_total"] - skipped == len(distinct)
+    finally:
+        worker.stop()
