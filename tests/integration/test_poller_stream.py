@@ -78,15 +78,22 @@ def poller_section(url: str, **extra: Any) -> dict[str, Any]:
         "sources": [{"name": "main", "url": url, "timeout_s": 2, "retries": 1, "backoff_s": 0.05}],
         "watches": [watch(**extra)],
         "chunk_steps": chunk,
+        # the embedded broker's group joins take about half the session timeout (../shared/TESTING.md)
+        "session_timeout_s": 6,
+        "heartbeat_interval_s": 0.5,
     }
 
 
 class Samples:
     """Every prepared point on the samples topic, per instance, in topic order (duplicates kept)."""
 
-    def __init__(self, config: VigilConfig) -> None:
+    def __init__(self, config: VigilConfig, metrics: tuple[str, ...] = ("value",)) -> None:
         self.config = config
+        self.metrics = metrics
+        #: the points of query "value", by instance
         self.points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        #: every query's points, by (query, instance)
+        self.all: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Samples:
@@ -104,8 +111,12 @@ class Samples:
                             doc = orjson.loads(m.value or b"{}")
                             assert (doc["v"], doc["kind"]) == (2, "prepared"), doc
                             for s in doc["series"]:
-                                assert (s["service"], s["metric"]) == ("checkout", "value")
-                                self.points[s["instance"]].extend((t, v) for t, v in s["points"])
+                                assert s["service"] == "checkout"
+                                assert s["metric"] in self.metrics
+                                points = [(t, v) for t, v in s["points"]]
+                                self.all[(s["metric"], s["instance"])].extend(points)
+                                if s["metric"] == "value":
+                                    self.points[s["instance"]].extend(points)
             finally:
                 await consumer.stop()
 
@@ -126,7 +137,7 @@ class Samples:
         )
 
     def count(self) -> int:
-        return sum(len(p) for p in self.points.values())
+        return sum(len(p) for p in self.all.values())
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:
@@ -344,49 +355,108 @@ async def test_a_selector_watch_follows_the_services_it_finds(
     )
 
 
-async def test_two_shards_split_the_queries_without_polling_one_twice(
+NAMES = ["value", *(f"value{n}" for n in range(8))]  # the same data under nine query names
+
+
+def nine_queries(url: str, **extra: Any) -> dict[str, Any]:
+    more = [{"name": n, "query": 'vigil_test_value{job="{{service}}"}'} for n in NAMES[1:]]
+    return poller_section(url, lookback_s=20, more=more, **extra)
+
+
+def all_live(pollers: list[Poller], since: float) -> bool:
+    """Between them the pollers follow all nine queries, each once, all caught up with ``since``."""
+    followed = [set(p.stats.queries) for p in pollers]
+    if sum(len(f) for f in followed) != len(NAMES) or set().union(*followed) != {
+        ("checkout", n) for n in NAMES
+    }:
+        return False
+    return all((q.watermark_ms or 0) >= since * 1000 for p in pollers for q in p.stats.queries.values())
+
+
+def assert_no_gap(samples: Samples, through_ms: float, repeats: int) -> int:
+    """Each query and instance: every stored step from its first to ``through_ms`` at least once, values
+    bit-equal, at most ``repeats`` of them twice. Returns the number of repeated points."""
+    assert sorted(samples.all) == sorted((n, i) for n in NAMES for i in ("a:1", "b:2"))
+    twice = 0
+    for (name, instance), points in samples.all.items():
+        assert all(EXPECTED[instance][t] == v for t, v in points), (name, instance)
+        times = [t for t, _ in points]
+        want = [t for t in EXPECTED[instance] if min(times) <= t <= max(times)]
+        assert max(times) >= through_ms, (name, instance)
+        assert set(times) == set(want), f"{name}/{instance}: {len(set(want) - set(times))} steps missing"
+        twice += len(times) - len(set(times))
+        assert len(times) - len(set(times)) <= repeats, (name, instance)
+    return twice
+
+
+async def test_two_pollers_split_the_queries_without_polling_one_twice(
     config: VigilConfig, prometheus: Prometheus
 ) -> None:
-    names = [f"value{n}" for n in range(8)]
-    more = [{"name": n, "query": 'vigil_test_value{job="{{service}}"}'} for n in names]
-    section = poller_section(prometheus.url, lookback_s=20, more=more)
-    pollers = [
-        Poller(config.model_copy(update={"poller": PollerConfig(**section, shards=2, shard=shard)}))
-        for shard in (0, 1)
-    ]
-    for poller in pollers:
-        await poller.start()
-    try:
-        live = (time.time() - 3) * 1000
-        await until(
-            lambda: all((q.watermark_ms or 0) >= live for p in pollers for q in p.stats.queries.values()),
-            30,
-            "both shards to reach live",
-        )
-    finally:
+    """Two pollers in one group: each follows the queries of its partitions of the watermark topic; the
+    one that had them all before the other joined hands half over (its chunks finished, the other resumes
+    from its watermarks): every step once."""
+    section = nine_queries(prometheus.url)
+    pollers = [Poller(config.model_copy(update={"poller": PollerConfig(**section)})) for _ in range(2)]
+    async with Samples(config, tuple(NAMES)) as samples:
         for poller in pollers:
-            await poller.stop()
-    owned = [set(p.stats.queries) for p in pollers]
-    assert owned[0], owned  # both got a share
-    assert owned[1], owned
-    assert not owned[0] & owned[1]
-    assert owned[0] | owned[1] == {("checkout", n) for n in ["value", *names]}
-    sent = sum(q.points for p in pollers for q in p.stats.queries.values())
-    records = await read_topic(
-        config.kafka.bootstrap_servers,
-        config.kafka.topics.samples,
-        lambda r: sum(len(s["points"]) for x in r for s in x["series"]) >= sent,
-        30,
-    )
-    seen: dict[tuple[str, str, int], float] = {}
-    for record in records:
-        for s in record["series"]:
-            for t, v in s["points"]:
-                key = (s["metric"], s["instance"], t)
-                assert key not in seen, f"{key} emitted twice"
-                seen[key] = v
-                assert EXPECTED[s["instance"]][t] == v
-    assert len(seen) == sent
+            await poller.start()
+        try:
+            await until(
+                lambda: all(p.owned for p in pollers) and all_live(pollers, time.time() - 3),
+                60,
+                "both pollers to get a share and reach live",
+            )
+            through = min(q.watermark_ms or 0 for p in pollers for q in p.stats.queries.values())
+        finally:
+            for poller in pollers:
+                await poller.stop()
+        await until_stable(samples)
+    assert not pollers[0].owned & pollers[1].owned
+    assert pollers[0].owned | pollers[1].owned == set(range(config.kafka.partitions))
+    followed = [set(p.stats.queries) for p in pollers]
+    assert followed[0], followed  # both got queries
+    assert followed[1], followed
+    assert assert_no_gap(samples, through, repeats=0) == 0
+
+
+async def test_a_killed_poller_is_taken_over_from_its_watermarks(
+    any_config: VigilConfig, prometheus: Prometheus, tmp_path: Path
+) -> None:
+    """A `vigil poller` follows all nine queries; a second poller joins and takes a share; the first is
+    SIGKILLed: after its session times out the survivor follows all nine from the dead one's watermarks —
+    no step missing, at most the chunk being written repeated (the worker drops those)."""
+    config = any_config
+    section = nine_queries(prometheus.url, chunk_steps=50) | {"metrics_port": 0}
+    path = tmp_path / "vigil.yaml"
+    k = config.kafka
+    path.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": k.bootstrap_servers}, "poller": section}))
+    survivor = Poller(config.model_copy(update={"poller": PollerConfig(**section)}))
+    async with Samples(config, tuple(NAMES)) as samples:
+        with vigil_poller(path, config) as doomed:
+            assert doomed.stdout is not None
+            await asyncio.to_thread(doomed.stdout.readline)  # "metrics on ..."
+            await until(lambda: len(samples.all) == 2 * len(NAMES), 60, "the first poller to poll all nine")
+            await survivor.start()
+            try:
+                await until(
+                    lambda: survivor.owned and 0 < len(survivor.stats.queries) < len(NAMES),
+                    60,
+                    "the second poller to take a share",
+                )
+                share = set(survivor.stats.queries)
+                doomed.kill()
+                doomed.wait()
+                killed = time.time()
+                await until(lambda: all_live([survivor], time.time() - 3), 60, "the survivor to take over")
+                taken_after = time.time() - killed
+                through = min(q.watermark_ms or 0 for q in survivor.stats.queries.values())
+            finally:
+                await survivor.stop()
+        await until_stable(samples)
+    assert survivor.owned == set(range(k.partitions))
+    assert share < set(survivor.stats.queries)
+    assert taken_after < 30
+    assert_no_gap(samples, through, repeats=50)
 
 
 @contextlib.contextmanager
