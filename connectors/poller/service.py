@@ -178,7 +178,15 @@ class Poller:
         fresh = partitions - self.owned
         if not fresh or self._stopping.is_set():
             return
-        await self._marks.load(fresh)  # where the previous owner stopped
+        while True:  # where the previous owner stopped; until then these queries wait
+            try:
+                await self._marks.load(fresh)
+                break
+            except (KafkaError, VigilError) as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("poller: reading the watermarks of partitions %s: %s; again", sorted(fresh), exc)
+                await asyncio.sleep(1)
         self.owned |= fresh
         log.info("poller: following partitions %s of %s", sorted(self.owned), self._marks.topic)
         for key, task in self._known.items():
