@@ -32,7 +32,7 @@ class Api:
 
     def __init__(self, config: VigilConfig) -> None:
         self.config = config
-        self.auth = Auth(config.api.auth)
+        self.auth = Auth(config.api.auth, "api.auth")
         self.jobs = Jobs(config)
         self.registry = CollectorRegistry()
         self.requests = Counter(

@@ -10,9 +10,10 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from connectors.api.routes import API, Api, make_app
+from connectors.http import listen
 from connectors.receiver.auth import ssl_context
 from engine.config import VigilConfig
-from engine.errors import BrokerUnavailable, VigilError
+from engine.errors import BrokerUnavailable
 
 log = logging.getLogger("vigil.api")
 STOP_TIMEOUT_S = 3.0
@@ -21,7 +22,7 @@ STOP_TIMEOUT_S = 3.0
 class ApiServer:
     def __init__(self, config: VigilConfig) -> None:
         self.config = config
-        self._ssl = ssl_context(config.api.tls)
+        self._ssl = ssl_context(config.api.tls, "api.tls")
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self.port = config.api.port
@@ -39,28 +40,17 @@ class ApiServer:
         if self._runner is not None:
             return
         self.app = make_app(self.config)
-        runner = web.AppRunner(self.app, shutdown_timeout=STOP_TIMEOUT_S, access_log=None)
-        try:
-            await runner.setup()
-        except BaseException:
-            await runner.cleanup()
-            raise
         a = self.config.api
-        site = web.TCPSite(runner, a.host, a.port, ssl_context=self._ssl, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise VigilError(
-                f"api cannot listen on {a.host}:{a.port} (api.port): {exc.strerror or exc}"
-            ) from None
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        for address in runner.addresses:
-            self.port = int(address[1])
-            break
+        self._runner, self.port = await listen(
+            self.app,
+            a.host,
+            a.port,
+            self._ssl,
+            what="api",
+            setting="api.port",
+            shutdown_timeout=STOP_TIMEOUT_S,
+            access_log=None,
+        )
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
