@@ -512,8 +512,13 @@ class PollerConfig(Frozen):
     discover_interval_s: float = Field(
         default=300.0, gt=0, le=86_400, description="how often selector watches look for new services"
     )
-    shards: int = Field(default=1, ge=1, le=1024, description="pollers sharing these watches")
-    shard: int = Field(default=0, ge=0, description="which of them this one is: 0 .. shards - 1")
+    session_timeout_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=300,
+        description="pollers share the watches in a consumer group: a poller silent this long is taken over",
+    )
+    heartbeat_interval_s: float = Field(default=3.0, gt=0, le=100, description="below session_timeout_s")
     metrics_enabled: bool = Field(default=True, description="false: the poller opens no port at all")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9204, ge=0, le=65535, description="0: any free port (printed)")
@@ -529,8 +534,11 @@ class PollerConfig(Frozen):
             raise ValueError("watches need a source: add poller.sources")
         if self.enabled and not self.watches:
             raise ValueError("poller.enabled needs at least one watch")
-        if self.shard >= self.shards:
-            raise ValueError(f"shard must be below shards ({self.shards}), got {self.shard}")
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be below session_timeout_s "
+                f"({self.session_timeout_s:g})"
+            )
         for watch in self.watches:
             if watch.source is not None and watch.source not in sources:
                 raise ValueError(f"watch {watch.name}: no source named {watch.source!r}, have {sources}")

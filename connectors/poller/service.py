@@ -10,10 +10,12 @@ A stop (SIGTERM) lets a chunk being written finish: samples and watermark go tog
 restarted poller emits every step exactly once. A crash between the two (SIGKILL, power loss) repeats at
 most that one chunk; the worker's per-series watermark drops the repeats.
 
-Several pollers share the watches with ``poller.shards`` and a distinct ``poller.shard`` each: a poller
-follows the (watch, query) whose state key hashes (murmur2, as Kafka's partitioner) to its shard, so none
-is polled twice; a poller that is down leaves its share waiting (its watermarks let it resume) until it
-is back — `vigil run` restarts it.
+Several pollers (the same ``kafka.app_id``) share the watches through a Kafka consumer group on the
+watermark topic: a poller follows the (watch, query) whose watermark lives in a partition the group gave
+it. When one stops, or is silent for ``poller.session_timeout_s`` (a crash), the group gives its partitions
+to the others, which read those watermarks and resume where it stopped. A poller that is given partitions
+away finishes the chunk it is writing first, so none is polled by two at once in a rebalance (a crashed
+one repeats at most the chunk it was writing, as above).
 
 A query the source rejects (4xx, ``bad_data``) is disabled with a log line and a ``vigil.source.error``
 event on ``vigil.verdicts``; the others go on. Other failures are retried by the client and then again
@@ -30,7 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.kafka import ensure_topics, start_producer, topic_partitions
@@ -42,7 +44,7 @@ from connectors.prometheus.watch import poll_query, services_of
 from engine import events
 from engine.config import QueryConfig, VigilConfig, WatchConfig
 from engine.errors import BrokerUnavailable, VigilError
-from engine.samples import Series, encode_batch, family_of, murmur2, partition_for, sample_key
+from engine.samples import Series, encode_batch, family_of, partition_for, sample_key
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,23 @@ def messages(series: list[Series], limit: int = MESSAGE_POINTS) -> Iterator[byte
         yield encode_batch(batch)
 
 
+class _Membership(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The group's calls: give up partitions (finishing their chunks), then take the new ones."""
+
+    def __init__(self, poller: Poller) -> None:
+        self.poller = poller
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.poller._release({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.poller._take({tp.partition for tp in assigned})
+
+
 class Poller:
-    """``await start()`` loads the watermarks and starts one task per (watch, query); ``await stop()``."""
+    """``await start()`` joins the pollers' group; for each partition of the watermark topic it is given, it
+    reads the watermarks there and starts one task per (watch, query) whose watermark lives there;
+    ``await stop()``."""
 
     def __init__(self, config: VigilConfig) -> None:
         self.config = config
@@ -88,10 +105,17 @@ class Poller:
         for name, client in self._clients.items():
             self.stats.clients[name] = client.stats
         self._producer: AIOKafkaProducer | None = None
+        self._group: AIOKafkaConsumer | None = None
         self._marks: Watermarks | None = None
         self._partitions = 0
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # discovery and group membership
+        #: every (watch, query) known (selector watches add theirs), by state key
+        self._known: dict[bytes, Task] = {}
+        #: the ones this poller follows: their task and the event that stops it
+        self._following: dict[bytes, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        #: partitions of the watermark topic the group gave this poller
+        self.owned: set[int] = set()
         self._commits: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -108,35 +132,110 @@ class Poller:
         self._producer = await start_producer(k)
         try:
             self._partitions = await topic_partitions(self._producer, k.topics.samples)
-            self._marks = Watermarks(k, self._producer)
-            await self._marks.load()
+            state_partitions = await topic_partitions(self._producer, k.topics.poller_state)
+            self._marks = Watermarks(k, self._producer, state_partitions)
             for client in self._clients.values():
                 await client.start()
+            for watch in self.config.poller.watches:
+                if watch.selector is None:
+                    self._watch(watch)
+            await self._join()
         except BaseException:
             await self.stop()
             raise
         for watch in self.config.poller.watches:
-            if watch.selector is None:
-                self._watch(watch)
-            else:
+            if watch.selector is not None:
                 self._tasks.append(asyncio.create_task(self._discover(watch), name=f"discover {watch.name}"))
         log.info("poller: %d watches", len(self.config.poller.watches))
 
-    def _watch(self, watch: WatchConfig) -> None:
-        """Start following every query of one (service) watch."""
+    async def _join(self) -> None:
+        k, p = self.config.kafka, self.config.poller
+        session_ms = int(p.session_timeout_s * 1000)
+        self._group = AIOKafkaConsumer(
+            bootstrap_servers=k.bootstrap_servers,
+            group_id=f"{k.app_id}-poller",
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            session_timeout_ms=session_ms,
+            rebalance_timeout_ms=session_ms,
+            heartbeat_interval_ms=int(p.heartbeat_interval_s * 1000),
+        )
+        self._group.subscribe([k.topics.poller_state], listener=_Membership(self))
+        await self._group.start()
+        self._tasks.append(asyncio.create_task(self._member(self._group), name="poller group"))
+
+    async def _member(self, group: AIOKafkaConsumer) -> None:
+        """Keep the group's calls coming (the records themselves are read by :meth:`_take`)."""
+        while not self._stopping.is_set():
+            try:
+                await group.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                log.warning("poller group: %s; trying again", exc)
+                await asyncio.sleep(1)
+
+    async def _take(self, partitions: set[int]) -> None:
         assert self._marks is not None
-        source = self.config.poller.source_of(watch).name
-        p = self.config.poller
+        fresh = partitions - self.owned
+        if not fresh or self._stopping.is_set():
+            return
+        while True:  # where the previous owner stopped; until then these queries wait
+            try:
+                await self._marks.load(fresh)
+                break
+            except (KafkaError, VigilError) as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("poller: reading the watermarks of partitions %s: %s; again", sorted(fresh), exc)
+                await asyncio.sleep(1)
+        self.owned |= fresh
+        log.info("poller: following partitions %s of %s", sorted(self.owned), self._marks.topic)
+        for key, task in self._known.items():
+            if self._marks.partition_of(key) in fresh:
+                self._follow_one(key, task)
+
+    async def _release(self, partitions: set[int]) -> None:
+        """Stop following the queries of ``partitions``; their chunks being written finish first."""
+        assert self._marks is not None
+        self.owned -= partitions
+        leaving = [key for key in self._following if self._marks.partition_of(key) in partitions]
+        await self._stop_following(leaving)
+        for key in leaving:
+            task = self._known[key]
+            self.stats.queries.pop((task.watch.label, task.query.name), None)
+
+    def _watch(self, watch: WatchConfig) -> None:
+        """Know every query of one (service) watch; follow those in partitions this poller owns."""
         for query in watch.all_queries:
             task = Task(watch, query)
-            if murmur2(task.key) % p.shards != p.shard:
-                continue  # another poller's share
-            self.stats.queries[(watch.label, query.name)] = QueryStats(
-                source, watermark_ms=self._marks.marks.get(task.key)
-            )
-            self._tasks.append(
-                asyncio.create_task(self._follow(task), name=f"poll {watch.label}/{query.name}")
-            )
+            self._known[task.key] = task
+            if self._marks is not None and self._marks.partition_of(task.key) in self.owned:
+                self._follow_one(task.key, task)
+
+    def _follow_one(self, key: bytes, task: Task) -> None:
+        assert self._marks is not None
+        if key in self._following:
+            return
+        source = self.config.poller.source_of(task.watch).name
+        self.stats.queries[(task.watch.label, task.query.name)] = QueryStats(
+            source, watermark_ms=self._marks.marks.get(key)
+        )
+        stop = asyncio.Event()
+        name = f"poll {task.watch.label}/{task.query.name}"
+        self._following[key] = (asyncio.create_task(self._follow(task, stop), name=name), stop)
+
+    async def _stop_following(self, keys: list[bytes]) -> None:
+        if not keys:
+            return
+        tasks = []
+        for key in keys:
+            task, stop = self._following.pop(key)
+            stop.set()
+            tasks.append(task)
+        _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._commits, return_exceptions=True)  # shielded: they finish
 
     async def _discover(self, watch: WatchConfig) -> None:
         """A selector watch: look for services every ``discover_interval_s``; follow each new one."""
@@ -163,13 +262,15 @@ class Poller:
 
     async def stop(self) -> None:
         self._stopping.set()
-        while self._tasks:  # a discovery may have added tasks meanwhile: until none is left
-            tasks, self._tasks = self._tasks, []
-            _, pending = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*self._commits, return_exceptions=True)
+        await self._stop_following(list(self._following))
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        group, self._group = self._group, None
+        if group is not None:
+            with contextlib.suppress(KafkaError):
+                await group.stop()  # leaves the group: the others take over at once
         for client in self._clients.values():
             await client.stop()
         producer, self._producer = self._producer, None
@@ -186,14 +287,14 @@ class Poller:
         start = end - watch.lookback_s * 1000 if mark is None else mark + 1
         return aligned(start, end, watch.step_s * 1000)
 
-    async def _follow(self, task: Task) -> None:
+    async def _follow(self, task: Task, stop: asyncio.Event) -> None:
         watch, query = task.watch, task.query
         stats = self.stats.queries[(watch.label, query.name)]
-        while not self._stopping.is_set():
+        while not stop.is_set():
             try:
                 window = self._next_window(task, int(time.time() * 1000))
                 for chunk in split(window, self.config.poller.chunk_steps) if window else ():
-                    if self._stopping.is_set():
+                    if stop.is_set():
                         return
                     if not await self._chunk(task, chunk, stats):
                         break
@@ -213,7 +314,7 @@ class Poller:
                 stats.failed += 1
                 log.exception("watch %s: query %s: unexpected error; asking again", watch.label, query.name)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), watch.interval_s)
+                await asyncio.wait_for(stop.wait(), watch.interval_s)
 
     async def _chunk(self, task: Task, chunk: Window, stats: QueryStats) -> bool:
         """Poll one chunk and emit it; False when Kafka did not take it (asked again later)."""

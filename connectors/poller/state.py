@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.kafka import topic_partitions
 from engine.config import KafkaConfig
+from engine.samples import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,22 @@ def decode_state(raw: bytes | None) -> int | None:
 
 
 class Watermarks:
-    """Read all watermarks once at start (:meth:`load`), then write each new one (:meth:`save`)."""
+    """Read the watermarks of some partitions (:meth:`load`: those a poller was just given), then write each
+    new one (:meth:`save`) to the partition of its key (:meth:`partition_of`)."""
 
-    def __init__(self, config: KafkaConfig, producer: AIOKafkaProducer) -> None:
+    def __init__(self, config: KafkaConfig, producer: AIOKafkaProducer, partitions: int) -> None:
         self.topic = config.topics.poller_state
+        self.partitions = partitions
         self._config = config
         self._producer = producer
         self._lock = asyncio.Lock()
         self.marks: dict[bytes, int] = {}
 
-    async def load(self) -> dict[bytes, int]:
+    def partition_of(self, key: bytes) -> int:
+        return partition_for(key, self.partitions)
+
+    async def load(self, partitions: set[int] | None = None) -> dict[bytes, int]:
+        """Read ``partitions`` (default: all) from the start to their end; the newest record per key wins."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._config.bootstrap_servers, group_id=None, enable_auto_commit=False
         )
@@ -68,7 +75,8 @@ class Watermarks:
         try:
             # the producer's metadata lookup waits for a topic created a moment ago
             count = await topic_partitions(self._producer, self.topic)
-            tps = [TopicPartition(self.topic, p) for p in range(count)]
+            wanted = range(count) if partitions is None else sorted(partitions)
+            tps = [TopicPartition(self.topic, p) for p in wanted]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
@@ -99,5 +107,5 @@ class Watermarks:
     async def save(self, key: bytes, watermark_ms: int) -> None:
         value = orjson.dumps({"v": STATE_VERSION, "watermark_ms": watermark_ms})
         async with self._lock:
-            await self._producer.send_and_wait(self.topic, value, key=key)
+            await self._producer.send_and_wait(self.topic, value, key=key, partition=self.partition_of(key))
         self.marks[key] = watermark_ms

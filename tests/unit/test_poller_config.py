@@ -206,6 +206,6 @@ def test_a_selector_watch_fills_the_selector_per_service(tmp_path: Path) -> None
     )
 
 
-def test_a_shard_must_be_below_shards(tmp_path: Path) -> None:
-    text = "poller:\n  shards: 2\n  shard: 2\n"
-    assert "shard must be below shards (2), got 2" in failure(tmp_path, text)
+def test_the_heartbeat_must_be_below_the_session_timeout(tmp_path: Path) -> None:
+    text = "poller:\n  session_timeout_s: 6\n  heartbeat_interval_s: 6\n"
+    assert "heartbeat_interval_s (6) must be below session_timeout_s (6)" in failure(tmp_path, text)
