@@ -26,7 +26,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -67,6 +67,10 @@ class Offsets:
     def seen(self, tp: TopicPartition, offset: int) -> None:
         self._pending[tp].add(offset)
         self._next[tp] = max(self._next.get(tp, 0), offset + 1)
+
+    def at(self, tp: TopicPartition, position: int) -> None:
+        """Everything before ``position`` was read (a partition caught up without records for us)."""
+        self._next[tp] = max(self._next.get(tp, 0), position)
 
     def done(self, tp: TopicPartition, offset: int) -> None:
         self._pending[tp].discard(offset)
@@ -183,6 +187,19 @@ class Notifier:
                 if committed is not None:
                     self._committed[tp] = committed
 
+    async def _caught_up(self, consumer: AIOKafkaConsumer, read: Iterable[TopicPartition]) -> None:
+        """Commit the position of an assigned partition that has nothing to read yet, once: else a restart
+        would take it for new and skip what was produced to it meanwhile."""
+        known = set(self._offsets.partitions()) | set(read)
+        for tp in consumer.assignment() - known:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue  # not fetched yet
+            await self.classify([tp])
+            position = await consumer.position(tp)
+            if position >= highwater:
+                self._offsets.at(tp, position)
+
     async def _commit(self) -> None:
         consumer = self._consumer
         if consumer is None:
@@ -201,6 +218,9 @@ class Notifier:
             return
         for tp, om in offsets.items():
             self._committed[tp] = om.offset
+        log.info(
+            "notifier %s: committed %s", self.name, {tp.partition: om.offset for tp, om in offsets.items()}
+        )
 
     # -- records ---------------------------------------------------------------------------------------------
 
@@ -358,6 +378,7 @@ class Notifier:
                 for tp, records in batch.items():
                     for record in records:
                         self.take(tp, record)
+                await self._caught_up(consumer, batch.keys())
                 await self.flush(stop, idle=not batch)
                 await self._commit()
         finally:
