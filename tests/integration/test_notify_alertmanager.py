@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import orjson
 import pytest
 import yaml
 
-from connectors.broker import EmbeddedBroker
+from connectors.broker import EmbeddedBroker, free_port
 from engine.guard import TransitionKind
 from tests.conftest import config_env, isolated_config
 from tests.fixtures.alertmanager import Alertmanager
@@ -47,6 +48,11 @@ def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
     am.stop()
 
 
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def ours(am: Alertmanager, labels: dict[str, str] = LABELS) -> list[dict[str, Any]]:
     return [a for a in am.alerts() if a["labels"] == labels]
 
@@ -55,13 +61,14 @@ def test_an_incident_through_vigil_run_opens_an_alert_and_its_recovery_resolves_
     alertmanager: Alertmanager, tmp_path: Path
 ) -> None:
     config = tmp_path / "vigil.yaml"
+    notifier_port = free_port()
     config.write_text(
         yaml.safe_dump(
             {
                 "api": {"external_url": "https://vigil.example.com"},
                 "receiver": {"port": 0},
                 "worker": {"metrics_port": 0},
-                "notifier": {"metrics_port": 0},
+                "notifier": {"metrics_port": notifier_port},
                 "notify": [{"name": "am", "type": "alertmanager", "url": alertmanager.url}],
             }
         )
@@ -95,9 +102,8 @@ def test_an_incident_through_vigil_run_opens_an_alert_and_its_recovery_resolves_
             )
             assert result.returncode == 0, result.stderr
 
-        # The notifier starts with `vigil run`: give its group time to form before the first sample, as a
-        # running system would have (it skips events from before it started).
-        time.sleep(0)  # the replay itself takes seconds; what matters is the polled alert below
+        # A notifier skips events from before it started: wait for its metrics port (opened just before).
+        assert wait_for(lambda: port_open(notifier_port), 60)
         replay(lines[: len(normal) + len(incident)], "incident.csv")
         assert wait_for(lambda: ours(alertmanager), 120, interval=0.5), alertmanager.alerts()
         (alert,) = ours(alertmanager)
