@@ -249,3 +249,38 @@ async def test_filters_by_service_metric_type_and_event(config: VigilConfig, hoo
         filtered = {"notifier": "f", "outcome": "filtered"}
         await until(lambda: count(stats, "vigil_notify_events_total", **filtered) == 3, 10)
     assert [orjson.loads(r.body)["id"] for r in hook.delivered] == [wanted["id"]]
+
+
+async def test_the_slack_url_and_the_routing_key_never_reach_the_logs(
+    config: VigilConfig, pagerduty: FakeReceiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = with_notifiers(
+        config,
+        {
+            "name": "chat",
+            "type": "slack",
+            "webhook_url_file": secret(tmp_path, "u", "http://127.0.0.1:9/services/T0/B0/SLACKTOKEN"),
+            "group_interval_s": 0.1,
+            "backoff_s": 0.1,
+        },
+        {
+            "name": "pager",
+            "type": "pagerduty",
+            "url": pagerduty.url,
+            "routing_key_file": secret(tmp_path, "k", "PDROUTINGKEY"),
+            "group_interval_s": 0.1,
+        },
+    )
+    pagerduty.script = [(400, {}), (500, {})]
+    stats = NotifyStats()
+    caplog.set_level("DEBUG")
+    async with running(cfg, stats) as notifiers:
+        for n in notifiers:
+            await joined(n)
+        await produce(cfg, [anomaly(config, "checkout", "q"), anomaly(config, "search", "q")])
+        await until(lambda: count(stats, "vigil_notify_retries_total", notifier="chat") >= 2, 30)
+        await until(lambda: len(pagerduty.requests) >= 3, 30)
+    assert "cannot reach its URL: ClientConnectorError" in caplog.text
+    assert "SLACKTOKEN" not in caplog.text
+    assert "PDROUTINGKEY" not in caplog.text
+    assert "answered HTTP 400" in caplog.text
