@@ -42,11 +42,31 @@ class WorkerCollector(Collector):
         for (topic, partition), behind in sorted(s.consumer_lag.items()):
             lag.add_metric([topic, str(partition)], behind)
         yield lag
-        yield GaugeMetricFamily("vigil_worker_models", "Analysis keys whose models are held.", value=s.models)
+        yield GaugeMetricFamily("vigil_worker_models", "Series whose models are held.", value=s.models)
+        yield GaugeMetricFamily("vigil_worker_model_keys", "Sample keys held in memory.", value=s.keys)
         yield GaugeMetricFamily(
             "vigil_worker_model_state_bytes",
-            "Estimated size of the models held: their latest checkpoints, in bytes.",
+            "Size of the models held: their latest checkpoints, in bytes.",
             value=s.model_bytes,
+        )
+        yield GaugeMetricFamily(
+            "vigil_worker_model_bytes_per_series",
+            "Mean checkpoint bytes per series held (model state bytes / series).",
+            value=s.model_bytes / s.models if s.models else 0.0,
+        )
+        evicted = CounterMetricFamily(
+            "vigil_worker_model_evictions",
+            "Sample keys that left memory: idle (no samples for detection.idle_evict_s) or cap "
+            "(detection.max_keys); restored from their checkpoints when their samples come back.",
+            labels=["reason"],
+        )
+        for reason in ("idle", "cap"):
+            evicted.add_metric([reason], s.evictions.get(reason, 0))
+        yield evicted
+        yield CounterMetricFamily(
+            "vigil_worker_checkpoints_refused",
+            "Checkpoints refused (damaged, or of another format/River/config) and started fresh.",
+            value=s.checkpoints_refused,
         )
         dead = CounterMetricFamily(
             "vigil_worker_deadletters", "Dead letters sent, by reason.", labels=["reason"]

@@ -47,6 +47,9 @@ def faust_settings(config: VigilConfig) -> dict[str, Any]:
         "broker_commit_interval": 10.0,
         # A send that waits longer is given up by this attempt and retried (engine.delivery).
         "producer_request_timeout": kafka.ack_timeout_s,
+        # How long a dead worker's partitions wait before the group gives them to the others.
+        "broker_session_timeout": kafka.session_timeout_s,
+        "broker_heartbeat_interval": kafka.session_timeout_s / 10,
         "stream_wait_empty": False,
         "table_standby_replicas": 0,
     }
@@ -87,7 +90,6 @@ def create_app(config: VigilConfig) -> faust.App:
 
     def store_checkpoint(key: bytes, blob: bytes) -> None:
         models.data[key] = blob
-        tally.checkpointed(key, blob)
 
     async def commit(offsets: Mapping[int, int]) -> bool:
         tps = {TP(kafka.topics.samples, p): offset for p, offset in offsets.items()}
@@ -194,7 +196,7 @@ def create_app(config: VigilConfig) -> faust.App:
             samples_processed=processor.processed,
             consumer_lag=consumer_lag(app, kafka.topics.samples, tally.processed_offsets),
             models=bank.guards,
-            model_bytes=tally.model_bytes(bank.units.keys()),
+            model_bytes=bank.state_bytes,
             deadletters=dict(tally.deadletters),
             checkpoint_age_s=tally.checkpoint_age(),
             send_retries=sender.retries,
@@ -202,6 +204,9 @@ def create_app(config: VigilConfig) -> faust.App:
             start_up_gaps=ledger.gaps,
             duplicates=bank.counts.get("duplicate", 0),  # preparation's and the guards' watermarks alike
             out_of_order=bank.counts.get("out_of_order", 0),
+            evictions=dict(bank.evictions),
+            checkpoints_refused=bank.refused_checkpoints,
+            keys=len(bank.units),
         )
 
     if config.worker.metrics_enabled:

@@ -12,12 +12,24 @@ the partition of its samples — and restored lazily the first time a key is see
 format version, the River version and a hash of the configuration that shapes the state; one that does not
 match is refused (logged, counted) and the key starts fresh, never loaded half-right. A checkpoint larger
 than ``part_bytes`` is split over several table entries whose keys land in the same partition.
+
+Memory is bounded: a key whose samples stopped ``detection.idle_evict_s`` ago (wall clock) leaves memory
+once it is checkpointed (:meth:`ModelBank.evict_idle`, after each checkpoint step), and at most
+``detection.max_keys`` keys are held — beyond it the least recently used leaves at once, its checkpoint
+kept as a *pending* table entry that the next checkpoint step writes (so commits still follow checkpoints).
+An evicted key is restored from its checkpoint when its samples come back, like a key after a restart.
+
+With ``detection.on_checkpoint_mismatch: error`` a checkpoint of another format, River version or
+configuration is not replaced: :class:`CheckpointMismatch` is raised for every record of that key (the
+worker dead-letters its samples naming the mismatch) until the deployment matches it again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import version
 from typing import Any, Final
@@ -41,15 +53,29 @@ RULE_CACHE: Final = 65_536  # metric names whose rule is remembered (matching th
 # batch was a tenth of the worker's time on Prometheus-shaped records)
 _MAGIC: Final = b"VGLSTATE"
 _PART: Final = b"\x1e"  # separates a sample key from a part's suffix
+#: detection settings that do not shape the checkpointed state (changing them keeps checkpoints valid)
+_NOT_SHAPING: Final = {
+    "checkpoint_interval_s",
+    "max_future_s",
+    "idle_evict_s",
+    "max_keys",
+    "on_checkpoint_mismatch",
+    "seed",  # a randomised detector's checkpoint carries its own seed
+    "checkpoint_key_file",  # another key: the signatures no longer match and those checkpoints are refused
+}
 
 
 class CheckpointRefused(ValueError):
     """A checkpoint that cannot be loaded: another format, River version or configuration, or damaged."""
 
 
+class CheckpointMismatch(CheckpointRefused):
+    """A checkpoint of another format, River version or configuration hash (not a damaged one)."""
+
+
 def config_hash(config: VigilConfig) -> str:
     """A hash of the configuration that shapes checkpointed state (not intervals or limits)."""
-    detection = config.detection.model_dump(mode="json", exclude={"checkpoint_interval_s", "max_future_s"})
+    detection = config.detection.model_dump(mode="json", exclude=_NOT_SHAPING)
     shaping = {
         "detection": detection,
         "rules": [r.model_dump(mode="json") for r in config.rules],
@@ -109,6 +135,7 @@ class ModelBank:
         *,
         types: FamilyTypes | None = None,
         part_bytes: int = PART_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.load = load
@@ -116,8 +143,21 @@ class ModelBank:
         self.part_bytes = part_bytes
         self.partitions = config.kafka.partitions
         self.config_hash = config_hash(config)
-        self.units: dict[bytes, Unit] = {}
+        self.clock = clock
+        self.idle_s = config.detection.idle_evict_s
+        self.max_keys = config.detection.max_keys
+        self.strict = config.detection.on_checkpoint_mismatch == "error"
+        #: least recently used first; ``used`` holds each key's last use (``clock`` seconds)
+        self.units: OrderedDict[bytes, Unit] = OrderedDict()
+        self.used: dict[bytes, float] = {}
         self.dirty: set[bytes] = set()
+        #: table entries of keys evicted by the cap before a checkpoint step wrote them: sample key →
+        #: [(table key, value)], handed out by the next :meth:`checkpoints` and read back by a restore
+        self.pending: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self.evictions: dict[str, int] = {"idle": 0, "cap": 0}
+        self.mismatches = 0  # checkpoints kept and refused under on_checkpoint_mismatch: error
+        #: bytes of the latest checkpoint of each key held (measured when it is taken; absent before)
+        self.sizes: dict[bytes, int] = {}
         self.parts: dict[bytes, int] = {}  # key → parts its last checkpoint had (> 1 only)
         self.refused_checkpoints = 0
         self.counts: dict[str, int] = {}  # preparation counts (engine.preparation.Count), all keys
@@ -128,14 +168,55 @@ class ModelBank:
         """Guards (models) held."""
         return sum(len(u.guards) for u in self.units.values())
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the latest checkpoints of the keys held: the measured size of the models in memory."""
+        return sum(list(self.sizes.values()))  # a copy: a checkpoint may be encoded in another thread
+
     # --- the work ---
 
     def unit(self, key: bytes) -> Unit:
-        """The unit of ``key``, restored from its checkpoint the first time it is seen."""
-        unit = self.units.get(key)
+        """The unit of ``key``, restored from its checkpoint the first time it is seen (or again after it
+        was evicted); marks it as just used."""
+        units = self.units
+        unit = units.get(key)
         if unit is None:
-            unit = self.units[key] = self._restore(key)
+            unit = self._restore(key)  # raises CheckpointMismatch (strict): nothing is held for the key
+            units[key] = unit
+            if len(units) > self.max_keys:
+                self._evict_oldest()
+        else:
+            units.move_to_end(key)
+        self.used[key] = self.clock()
         return unit
+
+    def evict_idle(self) -> int:
+        """Drop the checkpointed keys unused for ``idle_evict_s``; return how many left memory."""
+        cutoff = self.clock() - self.idle_s
+        idle = []
+        for key in self.units:  # least recently used first: stop at the first key used since the cutoff
+            if self.used[key] > cutoff:
+                break
+            if key not in self.dirty:
+                idle.append(key)
+        for key in idle:
+            self._drop(key)
+        self.evictions["idle"] += len(idle)
+        return len(idle)
+
+    def _evict_oldest(self) -> None:
+        key = next(iter(self.units))
+        if key in self.dirty:
+            self.dirty.discard(key)
+            self.pending[key] = list(self._dump(key, self.units[key]))
+        self._drop(key)
+        self.evictions["cap"] += 1
+
+    def _drop(self, key: bytes) -> None:
+        del self.units[key]
+        del self.used[key]
+        self.parts.pop(key, None)
+        self.sizes.pop(key, None)
 
     def prepare(self, key: bytes, series: list[RawSeries]) -> Prepared:
         """Prepare raw series of ``key`` with that key's state; the counts are added to :attr:`counts`."""
@@ -200,6 +281,8 @@ class ModelBank:
         A key's checkpoint is one entry, or a head and parts when larger than ``part_bytes``; parts the
         previous checkpoint had and this one has not are emptied (``b""``).
         """
+        for key in [k for k in self.pending if select(k)]:
+            yield from self.pending.pop(key)
         chosen = [key for key in self.dirty if select(key)]
         self.dirty.difference_update(chosen)
         for key in chosen:
@@ -210,9 +293,10 @@ class ModelBank:
     def forget(self, keep: Callable[[bytes], bool]) -> None:
         """Drop the keys of partitions this worker no longer owns (they are restored if they come back)."""
         for key in [k for k in self.units if not keep(k)]:
-            del self.units[key]
+            self._drop(key)
             self.dirty.discard(key)
-            self.parts.pop(key, None)
+        for key in [k for k in self.pending if not keep(k)]:
+            del self.pending[key]
 
     def _preparer(self) -> Preparer:
         return Preparer(self.config.labels, self.config.receiver.quantiles, types=self.types)
@@ -229,6 +313,7 @@ class ModelBank:
         size = self.part_bytes
         chunks = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
         digest = hashlib.sha256(body).hexdigest()[:16]
+        self.sizes[key] = len(body)
         yield key, _frame({**self._header(), "id": digest, "parts": len(chunks)}, chunks[0])
         for index, chunk in enumerate(chunks[1:], start=1):
             yield part_key(key, index, self.partitions), _frame({"part": index, "id": digest}, chunk)
@@ -245,21 +330,36 @@ class ModelBank:
         return self._read(key, blob)
 
     def _restore(self, key: bytes) -> Unit:
+        pending = self.pending.pop(key, None)
+        if pending is not None:  # evicted by the cap before its checkpoint was written: that is its state
+            entries = dict(pending)
+            self.dirty.add(key)  # written by the next checkpoint step, as the pending entries would have been
+            return self._read(key, entries[key], load=lambda k: entries.get(k) or self.load(k))
         blob = self.load(key)
         if not blob:
             return Unit()
         try:
             return self._read(key, blob)
+        except CheckpointMismatch as exc:
+            if self.strict:
+                self.mismatches += 1
+                if self.mismatches == 1 or self.mismatches % 10_000 == 0:
+                    log.error("checkpoint of %r kept, its samples are dead-lettered: %s", key, exc)
+                raise
+            self.refused_checkpoints += 1
+            log.error("checkpoint of %r refused, the key starts fresh: %s", key, exc)
+            return Unit()
         except Exception as exc:  # noqa: BLE001 - any damaged checkpoint must only cost its own key
             self.refused_checkpoints += 1
             log.error("checkpoint of %r refused, the key starts fresh: %s", key, exc)
             return Unit()
 
-    def _read(self, key: bytes, blob: bytes) -> Unit:
+    def _read(self, key: bytes, blob: bytes, load: Callable[[bytes], bytes | None] | None = None) -> Unit:
+        load = self.load if load is None else load
         header, payload = _unframe(blob)
         mine = self._header()
         if any(header.get(field) != mine[field] for field in mine):
-            raise CheckpointRefused(
+            raise CheckpointMismatch(
                 f"checkpoint format {header.get('format')} / River {header.get('river')} / config "
                 f"{header.get('config')} cannot be loaded by format {mine['format']} / River "
                 f"{mine['river']} / config {mine['config']}"
@@ -269,7 +369,7 @@ class ModelBank:
             raise CheckpointRefused("checkpoint header is damaged (parts)")
         chunks = [payload]
         for index in range(1, parts):
-            part = self.load(part_key(key, index, self.partitions))
+            part = load(part_key(key, index, self.partitions))
             if not part:
                 raise CheckpointRefused(f"checkpoint part {index} of {parts} is missing")
             part_header, chunk = _unframe(part)

@@ -195,22 +195,24 @@ class Calibrator:
     """The stages of one series, in order: likelihood, new extreme and overwhelming raw score (the largest
     wins), then the ignore thresholds."""
 
-    __slots__ = ("extreme", "likelihood", "min_abs", "min_rel")
+    __slots__ = ("extreme", "likelihood", "min_abs", "min_rel", "overwhelming")
 
-    def __init__(self, rule: MetricRule) -> None:
+    def __init__(self, rule: MetricRule, *, overwhelming: bool = True) -> None:
         self.likelihood = Likelihood(
             tail_open=TAIL_OPEN[rule.sensitivity], average=AVERAGE, block=BLOCK, blocks=BLOCKS
         )
         self.extreme = NewExtreme(share=rule.new_extreme, direction=rule.direction)
         self.min_abs = rule.min_abs_deviation
         self.min_rel = rule.min_rel_deviation
+        #: the overwhelming-raw-score path, for detectors whose raw score is in sigmas (sigma_score)
+        self.overwhelming = overwhelming
 
     def observe(self, x: float, raw: float, level: float, *, learn: bool = True) -> float:
         """Normalised score of value ``x`` whose detector gave ``raw`` and expected ``level``."""
         score = max(
             self.likelihood.observe(raw, learn=learn),
             self.extreme.observe(x, learn=learn),
-            _odds(raw) / _ODDS_OPEN,
+            _odds(raw) / _ODDS_OPEN if self.overwhelming else 0.0,
         )
         if (self.min_abs or self.min_rel) and abs(x - level) < max(self.min_abs, self.min_rel * abs(level)):
             score = min(score, IGNORED_CAP)

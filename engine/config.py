@@ -74,6 +74,8 @@ class Topics(Frozen):
     metadata: str = "vigil.metadata"
     #: compacted, keyed by (watch, query): the poller's watermark, the last step it emitted completely
     poller_state: str = "vigil.poller-state"
+    #: compacted, keyed by verification id: the API's jobs (request, status, verdict)
+    verifications: str = "vigil.verifications"
 
 
 class KafkaConfig(Frozen):
@@ -94,6 +96,13 @@ class KafkaConfig(Frozen):
         le=300,
         description="wait this long for a send's acknowledgement, then resend; above the cluster's "
         "failover time (Kafka's broker.session.timeout.ms, 9 s by default, plus a controller election)",
+    )
+    session_timeout_s: float = Field(
+        default=10.0,
+        ge=6,
+        le=300,
+        description="a worker that stops heartbeating for this long leaves the consumer group and its "
+        "partitions go to the others (Faust's default is 60 s); heartbeats every tenth of it",
     )
     processing_guarantee: ProcessingGuarantee = Field(
         default=ProcessingGuarantee.AT_LEAST_ONCE,
@@ -130,15 +139,49 @@ class LabelsConfig(Frozen):
     )
 
 
+#: The built-in detectors, by name (the contract suite, the benchmark and the kill -9 test iterate these).
+DetectorName = Literal["zscore", "seasonal", "forecast", "hst"]
+_PARAM = int | float | str | bool | None
+
+
+class RiverDetector(Frozen):
+    """Any River anomaly detector by name: ``{river: anomaly.HalfSpaceTrees, params: {n_trees: 10}}``."""
+
+    river: str = Field(
+        pattern=r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$",
+        max_length=200,
+        description="a path under the river package: module(s) then class, e.g. anomaly.HalfSpaceTrees",
+    )
+    params: dict[str, _PARAM] = Field(
+        default_factory=dict, max_length=50, description="its constructor's keyword arguments (plain values)"
+    )
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> RiverDetector:
+        from engine.river_detector import river_class  # imports river: only when a rule names one
+
+        cls = river_class(self.river)
+        try:
+            cls(**self.params)
+        except Exception as exc:  # noqa: BLE001 - any constructor error is a configuration error
+            raise ValueError(
+                f"river {self.river} does not take params {sorted(self.params)}: {exc}"
+            ) from None
+        return self
+
+
 class MetricRule(Frozen):
     """Metric name regex → how to judge it. The first rule that matches wins."""
 
     match: str
     type: MetricType = MetricType.CUSTOM
     direction: Direction = Direction.BOTH
-    detector: Literal["zscore", "seasonal"] = Field(
+    detector: DetectorName | RiverDetector = Field(
         default="zscore",
-        description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC)",
+        description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC); "
+        "forecast: the residual of a level-and-trend forecast (Holt); hst: River's HalfSpaceTrees over "
+        "the last 3 values, scaled online; {river: PATH, params: {...}}: any River anomaly detector "
+        "(needs detection.checkpoint_key_file)",
     )
     sensitivity: Sensitivity = Sensitivity.MEDIUM
     min_abs_deviation: float = Field(
@@ -208,6 +251,33 @@ class DetectionConfig(Frozen):
     )
     checkpoint_interval_s: float = Field(default=30.0, gt=0)
     max_future_s: float = Field(default=600.0, ge=0, description="samples further in the future are refused")
+    checkpoint_key_file: Path | None = Field(
+        default=None,
+        description="a file holding the HMAC key (at least 32 bytes) that signs the pickled checkpoints of "
+        "River detectors named by a rule; unsigned or badly signed ones are refused, never unpickled",
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="seed of randomised detectors (hst): identical input gives identical events",
+    )
+    idle_evict_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a sample key whose samples stopped this long ago (wall clock) leaves memory after its "
+        "checkpoint; it is restored from the checkpoint when its samples come back",
+    )
+    max_keys: int = Field(
+        default=200_000,
+        ge=1,
+        description="sample keys a worker holds in memory at most; beyond it the least recently used leaves "
+        "memory (checkpointed first)",
+    )
+    on_checkpoint_mismatch: Literal["fresh", "error"] = Field(
+        default="fresh",
+        description="a checkpoint of another format, River version or configuration: `fresh` starts the key "
+        "anew; `error` keeps the checkpoint and dead-letters the key's samples naming the mismatch",
+    )
 
 
 class AuthConfig(Frozen):
@@ -472,8 +542,19 @@ class PollerConfig(Frozen):
 
 
 class ApiConfig(Frozen):
+    """The HTTP API (verifications): ``vigil api``, and in ``vigil run`` when ``enabled``."""
+
+    enabled: bool = Field(default=False, description="true: `vigil run` also runs the API")
     host: str = "127.0.0.1"
-    port: int = Field(default=9202, ge=0, le=65535)
+    port: int = Field(default=9202, ge=0, le=65535, description="0: any free port (printed)")
+    auth: AuthConfig = AuthConfig()
+    tls: TLSConfig = TLSConfig()
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_running: int = Field(default=64, ge=1, le=10_000, description="verifications judged at once")
+    max_wait_s: float = Field(default=60.0, ge=0, le=600, description="longest ?wait_s= long-poll")
+    lease_s: float = Field(
+        default=30.0, gt=0, le=3600, description="a running job not updated this long is taken over"
+    )
     external_url: str | None = Field(
         default=None,
         description="how people reach Vigil's API (behind a proxy, say); notifications link to it",
@@ -675,6 +756,20 @@ class VigilConfig(BaseSettings):
             for name in watch.pack
             for m in load_pack(name)
         }
+
+    @model_validator(mode="after")
+    def _river_rules_need_a_key(self) -> VigilConfig:
+        if any(isinstance(r.detector, RiverDetector) for r in self.rules):
+            from engine.river_detector import read_key
+
+            key_file = self.detection.checkpoint_key_file
+            if key_file is None:
+                raise ValueError(
+                    "a rule names a River detector: its checkpoints are signed pickles, so "
+                    "detection.checkpoint_key_file must name a key file"
+                )
+            read_key(key_file)  # a missing or short key is a clear error now, not on the first checkpoint
+        return self
 
     def rule_for(self, metric: str) -> MetricRule:
         if metric in self.pack_rules:

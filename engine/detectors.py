@@ -16,14 +16,26 @@ checkpoints, see :mod:`engine.plain`).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Hashable
 from typing import Any, Protocol
 
 from river import base
+from river.anomaly import HalfSpaceTrees
+from river.tree.padded import make_padded_tree
 
 from engine.config import DetectionConfig, Direction, MetricRule
 
-__all__ = ["MAX_ABS", "Detector", "RobustZScore", "SeasonalProfile", "check_finite", "make_detector"]
+__all__ = [
+    "MAX_ABS",
+    "Detector",
+    "HalfSpaceTreesWindow",
+    "HoltForecast",
+    "RobustZScore",
+    "SeasonalProfile",
+    "check_finite",
+    "make_detector",
+]
 
 #: sigma of a normal distribution per unit of its mean absolute deviation (sqrt(pi/2)).
 _SIGMA_PER_MAD = math.sqrt(math.pi / 2.0)
@@ -36,6 +48,10 @@ Z_HALF = 3.0
 
 class Detector(Protocol):
     """What the guard and the model bank need from a detector (besides River's protocol)."""
+
+    #: whether the raw score is ``d / (d + 3)`` of a deviation ``d`` in sigmas (then a raw score of 60
+    #: sigma opens on its own, :data:`engine.calibration.RAW_OPEN`); False for scores of another scale
+    sigma_score: bool
 
     @property
     def n(self) -> int:
@@ -102,6 +118,8 @@ class RobustZScore(base.AnomalyDetector):
     >>> d.score_one({"x": 0.0})  # far below, but only "higher" is a risk
     0.0
     """
+
+    sigma_score = True
 
     def __init__(
         self,
@@ -215,6 +233,8 @@ class SeasonalProfile(base.AnomalyDetector):
     True
     """
 
+    sigma_score = True
+
     def __init__(
         self,
         direction: Direction = Direction.BOTH,
@@ -305,7 +325,257 @@ class SeasonalProfile(base.AnomalyDetector):
         yield {}
 
 
-def make_detector(rule: MetricRule, detection: DetectionConfig) -> RobustZScore | SeasonalProfile:
+class HoltForecast(RobustZScore):
+    """A forecast residual: Holt's linear method (level and damped trend), the distance of a value from
+    its one-step forecast in units of the residuals' exponentially weighted mean absolute error.
+
+    Where :class:`RobustZScore` takes a steady ramp (a filling disk, a growing queue) for a series of
+    ever larger deviations, the trend here follows it, so the residual stays small while the ramp goes
+    on and grows when it breaks. The trend is damped (``damping`` per step, 0.98) so a burst does not
+    extrapolate forever. River's ``time_series.HoltWinters`` forecasts the same way but keeps no
+    per-sample weight, no spread of its residuals and no plain state; the arithmetic is a few floats.
+
+    >>> d = HoltForecast()
+    >>> for i in range(300):
+    ...     d.learn_one({"x": 100.0 + 2.0 * i + (i % 3)})  # a ramp
+    >>> d.score_one({"x": 100.0 + 2.0 * 300 + 1}) < 0.5 < 0.9 < d.score_one({"x": 100.0})
+    True
+    """
+
+    def __init__(
+        self,
+        direction: Direction = Direction.BOTH,
+        half_life: float = 30.0,
+        spread_half_life: float = 300.0,
+        trend_half_life: float = 60.0,
+        damping: float = 0.98,
+        suspect_clip: float = 10.0,
+    ) -> None:
+        super().__init__(direction, half_life, spread_half_life, suspect_clip=suspect_clip)
+        if not trend_half_life > 1.0 or not 0.0 < damping <= 1.0:
+            raise ValueError(f"trend_half_life must be > 1 and damping in (0, 1], got {damping!r}")
+        self.trend_half_life = float(trend_half_life)
+        self.damping = float(damping)
+        self._gamma = 1.0 - 0.5 ** (1.0 / self.trend_half_life)
+        self._trend = 0.0
+
+    def _forecast(self) -> float:
+        return self._level + self.damping * self._trend
+
+    def score_value(self, x: float, ts_ms: int | None = None) -> float:
+        x = check_finite(x)
+        if self.n == 0:
+            return 0.0
+        r = (x - self._forecast()) / self._sigma()
+        d = abs(r) if self._sign == 0.0 else max(self._sign * r, 0.0)
+        return 1.0 / (1.0 + Z_HALF / d) if d > 0.0 else 0.0
+
+    def learn_value(self, x: float, w: float = 1.0, ts_ms: int | None = None) -> None:
+        x = check_finite(x)
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {w!r}")
+        self.n += 1
+        if self.n == 1:
+            self._level = x
+            return
+        forecast = self._forecast()
+        r = x - forecast
+        previous = self._level
+        self._level = forecast + max(self._alpha, 1.0 / self.n) * w * r
+        step = self._level - previous
+        self._trend += max(self._gamma, 1.0 / self.n) * w * (step - self._trend)
+        spread_r = abs(r)
+        if w < 1.0:
+            spread_r = min(spread_r, self.suspect_clip * self._sigma())
+        self._mad += max(self._beta, 1.0 / self.n) * w * (spread_r - self._mad)
+
+    def level_at(self, ts_ms: int | None = None) -> float:
+        return self._forecast() if self.n else 0.0
+
+    def expected_range(self, ts_ms: int | None = None) -> tuple[float, float]:
+        if self.n == 0:
+            return (-math.inf, math.inf)
+        half_width = Z_HALF * self._sigma()
+        centre = self._forecast()
+        low = -math.inf if self.direction is Direction.HIGHER else centre - half_width
+        high = math.inf if self.direction is Direction.LOWER else centre + half_width
+        return (low, high)
+
+
+class HalfSpaceTreesWindow(base.AnomalyDetector):
+    """River's ``anomaly.HalfSpaceTrees`` over the last ``window`` values, scaled online to [0, 1].
+
+    Each sample makes the features ``{0: x[t-window+1], ..., window-1: x[t]}``, each scaled by the range
+    the series has shown so far (``(v - min) / (max - min)``, clipped to [0, 1]; a range below float
+    noise counts as that noise, so a constant series is one dense point). The trees (``n_trees`` of
+    ``height``, masses swapped every ``window_size`` samples) score how isolated that point of the
+    series' recent shape is: River's score, 0 until the first window is complete. No range is known in
+    advance. A value on the side that is not a risk (against an exponentially weighted level,
+    ``half_life``) scores 0. The trees come from ``seed`` (``detection.seed``), so identical input gives
+    identical scores. No band: :meth:`expected_range` is (-inf, inf) and events carry ``expected: null``.
+
+    Plain state: the trees are rebuilt from the seed (their shape depends on nothing else: the features
+    are always [0, 1]) and their masses restored as a flat list (:attr:`masses`), so a checkpoint holds
+    no pickle; 10 trees of height 6 are 2,540 numbers.
+
+    >>> d = HalfSpaceTreesWindow(window_size=50)
+    >>> for i in range(400):
+    ...     d.learn_one({"x": 10.0 + (i % 5)})
+    >>> d.score_one({"x": 12.0}) < d.score_one({"x": 40.0})
+    True
+    """
+
+    sigma_score = False
+    _plain_properties = ("masses",)
+
+    def __init__(
+        self,
+        direction: Direction = Direction.BOTH,
+        window: int = 3,
+        n_trees: int = 10,
+        height: int = 6,
+        window_size: int = 250,
+        seed: int = 0,
+        half_life: float = 30.0,
+    ) -> None:
+        if not 1 <= window <= 16 or not 1 <= n_trees <= 50 or not 1 <= height <= 10 or window_size < 2:
+            raise ValueError("window in [1, 16], n_trees in [1, 50], height in [1, 10], window_size >= 2")
+        if not half_life > 1.0:
+            raise ValueError(f"half_life must be > 1 sample, got {half_life!r}")
+        self.direction = Direction(direction)
+        self.window = int(window)
+        self.n_trees = int(n_trees)
+        self.height = int(height)
+        self.window_size = int(window_size)
+        self.seed = int(seed)
+        self.half_life = float(half_life)
+        self._alpha = 1.0 - 0.5 ** (1.0 / self.half_life)
+        self._sign = {Direction.HIGHER: 1.0, Direction.LOWER: -1.0, Direction.BOTH: 0.0}[self.direction]
+        self.n = 0
+        self._level = 0.0
+        self._low = 0.0
+        self._high = 0.0
+        self._recent: list[float] = []  # the last window - 1 values, oldest first
+        self._trees = HalfSpaceTrees(n_trees=self.n_trees, height=self.height, window_size=self.window_size)
+        self._trees.seed = self.seed  # River draws the trees from its rng at the first sample
+        self._trees.rng = random.Random(self.seed)
+
+    # -- River's protocol ---------------------------------------------------------------------------------
+
+    def learn_one(self, x: dict[Hashable, Any]) -> None:
+        self.learn_value(x["x"])
+
+    def score_one(self, x: dict[Hashable, Any]) -> float:
+        return self.score_value(x["x"])
+
+    # -- the guard's fast paths ---------------------------------------------------------------------------
+
+    def _features(self, x: float, low: float, high: float) -> dict[int, float]:
+        span = max(high - low, _FLOAT_NOISE_REL * max(abs(low), abs(high)) + _FLOAT_NOISE_ABS)
+        values = [*self._recent, x]
+        return {i: min(max((v - low) / span, 0.0), 1.0) for i, v in enumerate(values)}
+
+    def score_value(self, x: float, ts_ms: int | None = None) -> float:
+        x = check_finite(x)
+        if self.n < self.window:
+            return 0.0
+        if self._sign != 0.0 and self._sign * (x - self._level) <= 0.0:
+            return 0.0
+        features = self._features(x, self._low, self._high)
+        trees = self._trees
+        if trees._first_window:
+            return min(max(self._first_window_score(features), 0.0), 1.0)
+        raw = float(trees.score_one(features))  # type: ignore[no-untyped-call]
+        return min(max(raw, 0.0), 1.0)
+
+    def _first_window_score(self, features: dict[int, float]) -> float:
+        """River scores 0 until a first window of masses is complete; a likelihood fed those zeros takes
+        the real scores that follow for an anomaly (measured: an alarm ~20 samples after the first
+        window). Meanwhile the masses learned so far, scaled to a whole window, are the reference."""
+        trees = self._trees
+        if not trees.trees or trees.counter == 0:
+            return 0.0
+        scale = trees.window_size / trees.counter
+        size_limit = 0.1 * trees.window_size
+        score = 0.0
+        for root in trees.trees:
+            node = root
+            depth_pow = 1
+            for _ in range(self.height):
+                mass = node.l_mass * scale
+                score += mass * depth_pow
+                if mass < size_limit:
+                    break
+                left, right = node.children
+                node = left if features[node.feature] < node.threshold else right
+                depth_pow <<= 1
+            else:
+                score += node.l_mass * scale * depth_pow
+        return float(1.0 - score / trees._max_score)
+
+    def learn_value(self, x: float, w: float = 1.0, ts_ms: int | None = None) -> None:
+        x = check_finite(x)
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {w!r}")
+        self.n += 1
+        if self.n == 1:
+            self._level = self._low = self._high = x
+        else:
+            self._level += max(self._alpha, 1.0 / self.n) * w * (x - self._level)
+            self._low, self._high = min(self._low, x), max(self._high, x)
+        if self.n >= self.window and w > 0.0:  # the trees take no weight: a suspicious sample still counts
+            self._trees.learn_one(self._features(x, self._low, self._high))  # type: ignore[no-untyped-call]
+        if self.window > 1:
+            self._recent = [*self._recent, x][-(self.window - 1) :]
+
+    def level_at(self, ts_ms: int | None = None) -> float:
+        return self._level
+
+    def expected_range(self, ts_ms: int | None = None) -> tuple[float, float]:
+        return (-math.inf, math.inf)
+
+    @property
+    def masses(self) -> list[int]:
+        """Every node's (l_mass, r_mass), tree after tree, depth first: the trees' learned state."""
+        return [m for nodes in self._trees._tree_nodes for node in nodes for m in (node.l_mass, node.r_mass)]
+
+    @masses.setter
+    def masses(self, values: list[int]) -> None:
+        if not values:
+            return
+        if not (1 <= self.window <= 16 and 1 <= self.n_trees <= 50 and 1 <= self.height <= 10):
+            raise ValueError("HalfSpaceTrees state of another shape (window, n_trees or height)")
+        trees = self._trees
+        trees.n_trees, trees.height = self.n_trees, self.height
+        if not trees.trees:  # rebuilt exactly as River builds them at the first sample
+            rng = random.Random(trees.seed)
+            trees.trees = [
+                make_padded_tree(  # type: ignore[no-untyped-call]
+                    limits=dict.fromkeys(range(self.window), (0.0, 1.0)),
+                    height=self.height,
+                    padding=0.15,
+                    rng=rng,
+                    r_mass=0,
+                    l_mass=0,
+                )
+                for _ in range(self.n_trees)
+            ]
+            trees._tree_nodes = [list(t.iter_dfs()) for t in trees.trees]  # type: ignore[no-untyped-call]
+        nodes = [node for tree_nodes in trees._tree_nodes for node in tree_nodes]
+        if len(values) != 2 * len(nodes):
+            raise ValueError(f"{2 * len(nodes)} tree masses expected, got {len(values)}")
+        for i, node in enumerate(nodes):
+            node.l_mass, node.r_mass = int(values[2 * i]), int(values[2 * i + 1])
+
+    @classmethod
+    def _unit_test_params(cls) -> Any:  # River's estimator checks
+        yield {}
+
+
+AnyDetector = RobustZScore | SeasonalProfile | HalfSpaceTreesWindow
+
+
+def make_detector(rule: MetricRule, detection: DetectionConfig) -> Detector:
     """The detector a metric rule asks for, configured from the rule and the detection settings."""
     if rule.detector == "zscore":
         return RobustZScore(
@@ -318,5 +588,25 @@ def make_detector(rule: MetricRule, detection: DetectionConfig) -> RobustZScore 
             direction=rule.direction,
             half_life=detection.half_life,
             spread_half_life=detection.spread_half_life,
+        )
+    if rule.detector == "forecast":
+        return HoltForecast(
+            direction=rule.direction,
+            half_life=detection.half_life,
+            spread_half_life=detection.spread_half_life,
+        )
+    if not isinstance(rule.detector, str):  # {river: ..., params: ...}
+        from engine.river_detector import RiverByName
+
+        return RiverByName(
+            rule.detector.river,
+            rule.detector.params,
+            direction=rule.direction,
+            key_file=detection.checkpoint_key_file,
+            half_life=detection.half_life,
+        )
+    if rule.detector == "hst":
+        return HalfSpaceTreesWindow(
+            direction=rule.direction, seed=detection.seed, half_life=detection.half_life
         )
     raise ValueError(f"unknown detector {rule.detector!r}")  # pragma: no cover - Literal guards it

@@ -7,6 +7,7 @@ twice after a restart (delivery is at-least-once) produces the same id and consu
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +53,10 @@ def anomaly_event(
             "score": round(t.score, 6),
             "peak_score": round(t.peak_score, 6),
             "value": t.value,
-            "expected": {"low": t.expected_low, "high": t.expected_high},
+            # null: a detector without a band (hst); a side that is no risk is null within the band
+            "expected": None
+            if math.isinf(t.expected_low) and math.isinf(t.expected_high)
+            else {"low": t.expected_low, "high": t.expected_high},
             "window": {
                 "start": iso(t.window_start_ms),
                 "end": iso(t.window_end_ms),

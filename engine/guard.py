@@ -96,7 +96,7 @@ class SeriesGuard:
         self, rule: MetricRule, detection: DetectionConfig, detector: Detector | None = None
     ) -> None:
         self.detector: Detector = detector if detector is not None else make_detector(rule, detection)
-        self.calibrator = Calibrator(rule)
+        self.calibrator = Calibrator(rule, overwhelming=self.detector.sigma_score)
         self.warmup = detection.warmup
         self.open_after = detection.open_after
         self.resolve_after = detection.resolve_after

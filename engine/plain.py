@@ -26,6 +26,7 @@ def _attributes(obj: object) -> list[str]:
         slots = cls.__dict__.get("__slots__", ())
         names.extend([slots] if isinstance(slots, str) else slots)
     names.extend(getattr(obj, "__dict__", {}))
+    names.extend(getattr(type(obj), "_plain_properties", ()))  # derived state a class exposes as lists
     return [n for n in dict.fromkeys(names) if not n.startswith("__")]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from engine.bank import ModelBank
+from engine.bank import CheckpointMismatch, ModelBank
 from engine.errors import BadRecord
 from engine.events import encode
 from engine.preparation import Count
@@ -87,6 +87,12 @@ class Processor:
             for key, group in self._by_key(decoded.raw).items():
                 try:
                     prepared = self.bank.prepare(key, group)
+                except CheckpointMismatch as exc:  # on_checkpoint_mismatch: error; the checkpoint is kept
+                    doc = [{"labels": dict(s.labels), "samples": s.samples} for s in group]
+                    outcome.deadletters.append(
+                        self._reject(Rejected(f"checkpoint mismatch: {exc}", doc), source)
+                    )
+                    continue
                 except Exception as exc:
                     log.exception("preparing %r failed", key)
                     doc = [{"labels": dict(s.labels), "samples": s.samples} for s in group]
@@ -125,6 +131,11 @@ class Processor:
     def _observe(self, s: Series, key: bytes, source: Source, outcome: Outcome) -> None:
         try:
             events = self.bank.observe(s, key)
+        except CheckpointMismatch as exc:  # on_checkpoint_mismatch: error; the checkpoint is kept
+            outcome.deadletters.append(
+                self._reject(Rejected(f"checkpoint mismatch: {exc}", _series_doc(s)), source)
+            )
+            return
         except Exception as exc:
             log.exception("series %s/%s/%s failed", s.service, s.metric, s.instance)
             outcome.deadletters.append(

@@ -22,6 +22,9 @@ class DeadLetterReason(StrEnum):
     BAD_RECORD = "bad_record"  # the whole record was unusable (not JSON, wrong shape or version)
     REJECTED = "rejected"  # a series or some points of an otherwise good record broke a rule
     PROCESSING_FAILED = "processing_failed"  # a bug: the model raised on a valid series
+    #: the key's checkpoint is of another format, River version or configuration and is kept
+    #: (detection.on_checkpoint_mismatch: error)
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
     UNKNOWN = "unknown"  # not a dead letter this module understands
 
 
@@ -34,6 +37,8 @@ def reason_of(deadletter: bytes) -> DeadLetterReason:
     <DeadLetterReason.REJECTED: 'rejected'>
     >>> reason_of(b'{"reason": "processing failed: KeyError()", "payload": {}}')
     <DeadLetterReason.PROCESSING_FAILED: 'processing_failed'>
+    >>> reason_of(b'{"reason": "checkpoint mismatch: checkpoint format 2 / ...", "payload": {}}')
+    <DeadLetterReason.CHECKPOINT_MISMATCH: 'checkpoint_mismatch'>
     >>> reason_of(b"[")
     <DeadLetterReason.UNKNOWN: 'unknown'>
     """
@@ -45,6 +50,8 @@ def reason_of(deadletter: bytes) -> DeadLetterReason:
         return DeadLetterReason.UNKNOWN
     if doc["reason"].startswith("processing failed"):
         return DeadLetterReason.PROCESSING_FAILED
+    if doc["reason"].startswith("checkpoint mismatch"):
+        return DeadLetterReason.CHECKPOINT_MISMATCH
     if "payload_base64" in doc:
         return DeadLetterReason.BAD_RECORD
     return DeadLetterReason.REJECTED
@@ -57,8 +64,8 @@ class WorkerStats:
     samples_processed: int
     #: (topic, partition) → records not yet processed (the partition's high watermark minus our position)
     consumer_lag: Mapping[tuple[str, int], int]
-    models: int  # analysis keys held in memory
-    #: estimate: the size of the latest checkpoint of each model held (0 for one never checkpointed yet)
+    models: int  # series (guards) held in memory
+    #: measured: the size of the latest checkpoint of each key held (0 for one never checkpointed yet)
     model_bytes: int
     deadletters: Mapping[DeadLetterReason, int]
     #: seconds since the last completed checkpoint (since the worker started, before the first one)
@@ -71,6 +78,12 @@ class WorkerStats:
     start_up_gaps: int = 0
     duplicates: int = 0  # points skipped: timestamp equal to the series' watermark
     out_of_order: int = 0  # points skipped: timestamp before the series' watermark
+    #: keys that left memory: ``idle`` (no samples for detection.idle_evict_s) or ``cap`` (max_keys)
+    evictions: Mapping[str, int] = field(default_factory=dict)
+    #: checkpoints refused and started fresh (damaged, or a mismatch under on_checkpoint_mismatch: fresh)
+    checkpoints_refused: int = 0
+    #: sample keys held in memory
+    keys: int = 0
 
 
 @dataclass
@@ -80,7 +93,6 @@ class WorkerTally:
     started: float = field(default_factory=time.monotonic)
     last_checkpoint: float = field(init=False)
     deadletters: Counter[DeadLetterReason] = field(default_factory=Counter)
-    checkpoint_bytes: dict[bytes, int] = field(default_factory=dict)
     #: (topic, partition) → offset of the last record processed
     processed_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -89,9 +101,6 @@ class WorkerTally:
 
     def deadletter(self, value: bytes) -> None:
         self.deadletters[reason_of(value)] += 1
-
-    def checkpointed(self, key: bytes, blob: bytes) -> None:
-        self.checkpoint_bytes[key] = len(blob)
 
     def checkpoint_done(self, now: float | None = None) -> None:
         self.last_checkpoint = time.monotonic() if now is None else now
@@ -103,10 +112,6 @@ class WorkerTally:
         """Forget positions in partitions given away: if one comes back, it restarts elsewhere."""
         for partition in partitions:
             self.processed_offsets.pop((topic, partition), None)
-
-    def model_bytes(self, held: Collection[bytes]) -> int:
-        """Bytes of the latest checkpoints of the models still held (revoked ones no longer count)."""
-        return sum(size for key, size in self.checkpoint_bytes.items() if key in held)
 
     def checkpoint_age(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.last_checkpoint

@@ -60,6 +60,7 @@ def run(config: ConfigOption = None) -> None:
         "worker",
         *(["ingest"] if cfg.receiver.enabled else []),
         *(["poller"] if cfg.poller.enabled else []),
+        *(["api"] if cfg.api.enabled else []),
         *(["notify"] if cfg.notify else []),
     ]
     raise typer.Exit(supervise(config, cfg, parts))
@@ -137,6 +138,25 @@ def notify(
         run_notify(cfg)
     except VigilError as exc:
         # exit 2 is a configuration error, which `vigil run` does not restart; Kafka being away is not one
+        typer.echo(f"vigil: {exc}", err=True)
+        raise typer.Exit(1 if exc.retriable else 2) from None
+
+
+@app.command()
+def api(
+    config: ConfigOption = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warn or error")] = "warn",
+) -> None:
+    """Run the HTTP API (verifications) against kafka.bootstrap_servers until SIGINT/SIGTERM."""
+    cfg = _load(config)
+    if cfg.kafka.embedded:
+        raise _fail(VigilError("`vigil api` needs kafka.bootstrap_servers; `vigil run` starts a broker"))
+    from connectors.api import run_api
+
+    logging.getLogger().setLevel(loglevel.upper())
+    try:
+        run_api(cfg)
+    except VigilError as exc:
         typer.echo(f"vigil: {exc}", err=True)
         raise typer.Exit(1 if exc.retriable else 2) from None
 
@@ -260,6 +280,66 @@ def poll(
         start_ms = None if start is None else parse_time(start, "--start")
         end_ms = None if end is None else parse_time(end, "--end")
         status = asyncio.run(poll_once(cfg, watch, start_ms, end_ms, as_json=json))
+    except VigilError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(status)
+
+
+@app.command()
+def verify(
+    service: Annotated[str, typer.Option(help="the service (value of labels.service)")],
+    baseline: Annotated[str, typer.Option(help='label matchers of the baseline, e.g. version="v41"')],
+    canary: Annotated[str, typer.Option(help='label matchers of the canary, e.g. version="v42"')],
+    config: ConfigOption = None,
+    pack: Annotated[list[str] | None, typer.Option(help="a metric pack (repeatable)")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="NAME=QUERY with {{selector}} (repeatable)")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="RFC 3339 start of a past window to replay")] = None,
+    end: Annotated[str | None, typer.Option(help="RFC 3339 end of the window (with --start)")] = None,
+    duration: Annotated[str | None, typer.Option(help="live: judge for this long, e.g. 30m")] = None,
+    step: Annotated[str, typer.Option(help="step between looks")] = "15s",
+    source: Annotated[str | None, typer.Option(help="poller source (default: the first)")] = None,
+    instance_label: Annotated[str | None, typer.Option(help="default: labels.instance")] = None,
+    sensitivity: Annotated[str, typer.Option(help="low, medium or high")] = "medium",
+    no_fail_fast: Annotated[
+        bool, typer.Option("--no-fail-fast", help="judge the whole window even after a fail")
+    ] = False,
+    json: Annotated[bool, typer.Option("--json", help="print the verdict document as JSON")] = False,
+    api_url: Annotated[
+        str | None,
+        typer.Option("--api", help="submit to a running Vigil API (token from $VIGIL_API_TOKEN)"),
+    ] = None,
+) -> None:
+    """Judge a canary against its baseline: exit 0 pass, 1 fail, 3 inconclusive, 2 bad input."""
+    import os
+
+    from connectors.prometheus import QueryError
+    from vigil.verify import parse_metric, run_remote, run_verify
+
+    cfg = _load(config)
+    try:
+        doc: dict[str, object] = {
+            "service": service,
+            "baseline": baseline,
+            "canary": canary,
+            "pack": pack or [],
+            "metrics": [parse_metric(m) for m in metric or []],
+            "step": step,
+            "sensitivity": sensitivity,
+            "fail_fast": not no_fail_fast,
+        }
+        optional = {"start": start, "end": end, "duration": duration, "source": source}
+        doc |= {k: v for k, v in optional.items() if v is not None}
+        if instance_label is not None:
+            doc["instance_label"] = instance_label
+        if api_url is not None:
+            token = os.environ.get("VIGIL_API_TOKEN")
+            status = asyncio.run(run_remote(api_url, doc, as_json=json, token=token))
+        else:
+            status = asyncio.run(run_verify(cfg, doc, as_json=json))
+    except QueryError as exc:
+        raise _fail(VigilError(f"query {exc.kind}: {exc}")) from None
     except VigilError as exc:
         raise _fail(exc) from None
     raise typer.Exit(status)

@@ -14,6 +14,13 @@ def describe(event: dict[str, Any]) -> str:
             f"{event.get('time', '?')}  {kind:<17} {data.get('source')}: watch {data.get('watch')} query "
             f"{data.get('query')} disabled ({data.get('kind')}): {str(data.get('message'))[:300]}"
         )
+    if kind.startswith("verification.") and isinstance(data, dict):
+        progress = data.get("progress") or {}
+        step = f"step {progress.get('steps')}/{progress.get('total')}"
+        return (
+            f"{event.get('time', '?')}  {kind:<26} {data.get('service')} {data.get('id')}: "
+            f"{data.get('verdict') or data.get('status')} ({step}): {str(data.get('reason'))[:300]}"
+        )
     where = f"{data.get('service')}/{data.get('metric')}"
     if data.get("instance"):
         where += f" [{data['instance']}]"

@@ -16,18 +16,19 @@ from engine.errors import ConfigError
 
 
 def _secret(value: Any, path: Path | None, what: str) -> bytes | None:
+    """``what`` is the setting's key path (``receiver.auth.bearer_token``), for messages."""
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"receiver.auth.{what}_file: cannot read {path}: {exc}") from None
+            raise ConfigError(f"{what}_file: cannot read {path}: {exc}") from None
         if not text:
-            raise ConfigError(f"receiver.auth.{what}_file: {path} is empty")
+            raise ConfigError(f"{what}_file: {path} is empty")
         return text.encode()
     if value is not None:
         secret: str = value.get_secret_value()
         if not secret:
-            raise ConfigError(f"receiver.auth.{what}: must not be empty")
+            raise ConfigError(f"{what}: must not be empty")
         return secret.encode()
     return None
 
@@ -39,15 +40,16 @@ class Auth:
     files), compared in constant time, and never logged.
     """
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, section: str = "receiver.auth") -> None:
+        """``section`` is where ``config`` sits in the configuration (``api.auth``), for messages."""
         if config.bearer_token is not None and config.bearer_token_file is not None:
-            raise ConfigError("receiver.auth: set bearer_token or bearer_token_file, not both")
+            raise ConfigError(f"{section}: set bearer_token or bearer_token_file, not both")
         if config.basic_password is not None and config.basic_password_file is not None:
-            raise ConfigError("receiver.auth: set basic_password or basic_password_file, not both")
-        self._bearer = _secret(config.bearer_token, config.bearer_token_file, "bearer_token")
-        password = _secret(config.basic_password, config.basic_password_file, "basic_password")
+            raise ConfigError(f"{section}: set basic_password or basic_password_file, not both")
+        self._bearer = _secret(config.bearer_token, config.bearer_token_file, f"{section}.bearer_token")
+        password = _secret(config.basic_password, config.basic_password_file, f"{section}.basic_password")
         if (config.basic_username is None) != (password is None):
-            raise ConfigError("receiver.auth: basic auth needs both basic_username and a password")
+            raise ConfigError(f"{section}: basic auth needs both basic_username and a password")
         self._basic = None if password is None else (config.basic_username or "").encode() + b":" + password
 
     @property
@@ -82,13 +84,13 @@ class Auth:
         return False
 
 
-def ssl_context(tls: TLSConfig) -> ssl.SSLContext | None:
-    """The server's TLS context, or ``None`` for plain HTTP."""
+def ssl_context(tls: TLSConfig, section: str = "receiver.tls") -> ssl.SSLContext | None:
+    """The server's TLS context, or ``None`` for plain HTTP; ``section`` names ``tls`` in messages."""
     if tls.cert_file is None or tls.key_file is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"receiver.tls: cannot load {tls.cert_file} / {tls.key_file}: {exc}") from None
+        raise ConfigError(f"{section}: cannot load {tls.cert_file} / {tls.key_file}: {exc}") from None
     return context

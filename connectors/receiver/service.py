@@ -9,11 +9,11 @@ import signal
 
 from aiohttp import web
 
+from connectors.http import listen
 from connectors.receiver.auth import ssl_context
 from connectors.receiver.delivery import STOP_TIMEOUT_S
 from connectors.receiver.routes import INGEST, SERVER_OPTIONS, WRITE_PATH, Ingest, make_app
 from engine.config import VigilConfig
-from engine.errors import VigilError
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +43,17 @@ class Receiver:
         if self._runner is not None:
             return
         self.app = make_app(self.config)
-        runner = web.AppRunner(self.app, shutdown_timeout=STOP_TIMEOUT_S, **SERVER_OPTIONS)
-        await runner.setup()
         r = self.config.receiver
-        site = web.TCPSite(runner, r.host, r.port, ssl_context=self._ssl, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise VigilError(f"receiver cannot listen on {r.host}:{r.port}: {exc.strerror or exc}") from None
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        for address in runner.addresses:
-            self.port = int(address[1])
-            break
+        self._runner, self.port = await listen(
+            self.app,
+            r.host,
+            r.port,
+            self._ssl,
+            what="receiver",
+            setting="receiver.port",
+            shutdown_timeout=STOP_TIMEOUT_S,
+            **SERVER_OPTIONS,
+        )
         log.info("receiver listening on %s%s", self.url, WRITE_PATH)
 
     async def wait_connected(self, timeout: float) -> None:

@@ -95,7 +95,8 @@ class KafkaCluster:
     nodes: list[KafkaNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        # never starting with '-', which Kafka's storage tool would read as an option
+        cluster_id = "A" + base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()[1:]
         controllers = [free_port() for _ in range(self.size)]
         voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(controllers))
         self.nodes = [

@@ -99,7 +99,9 @@ start() {
     local state="$dir/node.env" cluster_id="" controller_port=""
     # shellcheck disable=SC1090
     [[ -f "$state" ]] && source "$state"
-    cluster_id="${KAFKA_CLUSTER_ID:-${cluster_id:-$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')}}"
+    # A random id in Kafka's base64url form, never starting with '-' (the storage tool would read it as an
+    # option; Kafka's own Uuid.randomUuid() avoids those too).
+    cluster_id="${KAFKA_CLUSTER_ID:-${cluster_id:-$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' | sed 's/^-/A/')}}"
     controller_port="${KAFKA_CONTROLLER_PORT:-${controller_port:-$(free_port)}}"
     ((port != 0)) || port="$(free_port)"
     local node_id="${KAFKA_NODE_ID:-1}"
@@ -153,7 +155,7 @@ EOF
     local cp="$libs/*"
     local log4j="-Dlog4j2.configurationFile=$dir/log4j2.properties"
     if [[ ! -f "$dir/data/meta.properties" ]]; then
-        java -Xmx256m "$log4j" -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" \
+        java -Xmx256m "$log4j" -cp "$cp" kafka.tools.StorageTool format --cluster-id="$cluster_id" \
             -c "$dir/server.properties" >"$dir/logs/format.out" 2>&1 \
             || die "formatting $dir failed: $(tail -5 "$dir/logs/format.out")"
     fi

@@ -62,3 +62,22 @@ def test_a_source_error_event_reads_well() -> None:
         "1970-01-01T00:01:00.000Z  source.error      main: watch checkout query errors disabled (rejected): "
         "HTTP 400: bad_data: parse error"
     )
+
+
+def test_describe_a_verification_event() -> None:
+    event = {
+        "type": "vigil.verification.failed",
+        "time": "2026-12-02T10:03:00Z",
+        "data": {
+            "id": "abc",
+            "service": "checkout",
+            "status": "done",
+            "verdict": "fail",
+            "reason": "canary regressed: http_error_ratio high",
+            "progress": {"steps": 5, "total": 121},
+        },
+    }
+    line = describe(event)
+    assert "verification.failed" in line
+    assert "checkout abc: fail (step 5/121): canary regressed: http_error_ratio high" in line
+    assert describe({"type": "vigil.verification.progress", "data": {}})

@@ -15,15 +15,6 @@ def test_doctests() -> None:
     assert result.failed == 0
 
 
-def test_model_bytes_count_only_the_models_still_held() -> None:
-    tally = WorkerTally(started=100.0)
-    tally.checkpointed(b"a", b"x" * 10)
-    tally.checkpointed(b"b", b"x" * 5)
-    tally.checkpointed(b"a", b"x" * 7)  # a newer checkpoint replaces the older one
-    assert tally.model_bytes({b"a", b"b"}) == 12
-    assert tally.model_bytes({b"b"}) == 5
-
-
 def test_checkpoint_age_counts_from_start_until_the_first_checkpoint() -> None:
     tally = WorkerTally(started=100.0)
     assert tally.checkpoint_age(now=130.0) == 30.0
@@ -52,6 +43,9 @@ def test_the_exposition_names_every_field_and_labels_only_closed_sets() -> None:
         start_up_gaps=3,
         duplicates=7,
         out_of_order=0,
+        evictions={"idle": 4, "cap": 1},
+        checkpoints_refused=2,
+        keys=1,
     )
     text = generate_latest(worker_registry(lambda: stats)).decode()
     for line in (
@@ -59,6 +53,12 @@ def test_the_exposition_names_every_field_and_labels_only_closed_sets() -> None:
         'vigil_worker_consumer_lag{partition="3",topic="vigil.samples"} 4.0',
         "vigil_worker_models 2.0",
         "vigil_worker_model_state_bytes 300.0",
+        "vigil_worker_model_bytes_per_series 150.0",
+        "vigil_worker_model_keys 1.0",
+        'vigil_worker_model_evictions_total{reason="idle"} 4.0',
+        'vigil_worker_model_evictions_total{reason="cap"} 1.0',
+        "vigil_worker_checkpoints_refused_total 2.0",
+        'vigil_worker_deadletters_total{reason="checkpoint_mismatch"} 0.0',
         'vigil_worker_deadletters_total{reason="bad_record"} 1.0',
         'vigil_worker_deadletters_total{reason="processing_failed"} 0.0',
         "vigil_worker_checkpoint_age_seconds 2.5",

@@ -1,0 +1,133 @@
+"""The OpenAPI 3.1 document served at ``/api/v1/openapi.json`` (the request schema comes from the model)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from engine.verification.request import Request
+
+ERROR = {
+    "description": "the reason, as JSON",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error", "reason"],
+                "properties": {"error": {"type": "string"}, "reason": {"type": "string"}},
+            }
+        }
+    },
+}
+VERIFICATION: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "key": {"type": ["string", "null"]},
+        "service": {"type": "string"},
+        "status": {"enum": ["running", "done", "cancelled", "error"]},
+        "verdict": {"enum": ["pass", "fail", "inconclusive", None]},
+        "score": {"type": ["number", "null"]},
+        "reason": {"type": "string"},
+        "decided_at": {"type": ["string", "null"], "format": "date-time"},
+        "metrics": {"type": "array", "items": {"type": "object"}},
+        "instances": {"type": "array", "items": {"type": "object"}},
+        "missing": {"type": "array", "items": {"type": "string"}},
+        "progress": {"type": "object"},
+        "request": {"$ref": "#/components/schemas/Request"},
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+@cache
+def openapi() -> dict[str, Any]:
+    one = {"$ref": "#/components/schemas/Verification"}
+    ident = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Vigil API", "version": "1"},
+        "components": {
+            "schemas": {
+                "Request": Request.model_json_schema(
+                    ref_template="#/components/schemas/Request/$defs/{model}"
+                ),
+                "Verification": VERIFICATION,
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+        },
+        "paths": {
+            "/api/v1/verifications": {
+                "post": {
+                    "summary": "start a verification (idempotent with key)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Request"}}},
+                    },
+                    "responses": {
+                        "201": _json(one, "created"),
+                        "200": _json(one, "a verification with this key exists"),
+                        "400": ERROR,
+                        "401": ERROR,
+                        "413": ERROR,
+                        "415": ERROR,
+                        "503": ERROR,
+                    },
+                },
+                "get": {
+                    "summary": "list verifications",
+                    "parameters": [{"name": "service", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {"verifications": {"type": "array", "items": one}},
+                            },
+                            "the verifications",
+                        )
+                    },
+                },
+            },
+            "/api/v1/verifications/{id}": {
+                "get": {
+                    "summary": "one verification; wait_s long-polls until its status or verdict changes",
+                    "parameters": [
+                        ident,
+                        {"name": "wait_s", "in": "query", "schema": {"type": "number", "minimum": 0}},
+                    ],
+                    "responses": {"200": _json(one, "the verification"), "400": ERROR, "404": ERROR},
+                },
+                "delete": {
+                    "summary": "cancel a running verification",
+                    "parameters": [ident],
+                    "responses": {"200": _json(one, "cancelled"), "404": ERROR, "409": ERROR},
+                },
+            },
+            "/api/v1/flagger/{kind}": {
+                "post": {
+                    "summary": "Flagger webhook: rollout, pre-rollout, confirm-*, post-rollout, rollback",
+                    "parameters": [
+                        {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": {"description": "go on (a check) or roll back (rollback)"},
+                        "409": ERROR,
+                        "412": ERROR,
+                        "400": ERROR,
+                        "404": ERROR,
+                    },
+                }
+            },
+            "/-/healthy": {"get": {"responses": {"200": {"description": "the process is up"}}}},
+            "/-/ready": {
+                "get": {"responses": {"200": {"description": "jobs read from Kafka"}, "503": ERROR}}
+            },
+            "/metrics": {"get": {"responses": {"200": {"description": "Prometheus exposition"}}}},
+        },
+    }
