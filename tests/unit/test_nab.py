@@ -1,4 +1,8 @@
-"""Vigil's NAB scorer against the reference scorer ``../shared/tools/nabscore.py`` (equal within 0.1)."""
+"""Vigil's NAB scorer against the reference scorer ``tests/shared/tools/nabscore.py`` (equal within 0.1).
+
+``tests/shared`` is a byte-identical copy of the project's ``shared/`` NAB material
+(``tests/shared/README.md``).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def shared() -> Path:
-    """``../shared`` of the checkout (a worktree sits one level deeper)."""
-    for base in (ROOT.parent, ROOT.parent.parent):
-        if (base / "shared" / "tools" / "nabscore.py").is_file():
-            return base / "shared"
-    raise AssertionError(f"../shared/tools/nabscore.py not found next to {ROOT}")
+    """The NAB subset and the reference scorer, in the repository."""
+    return ROOT / "tests" / "shared"
 
 
 def reference() -> ModuleType:
