@@ -199,7 +199,8 @@ async def test_stopped_mid_backfill_and_restarted_emits_each_sample_once(
     any_config: VigilConfig, prometheus: Prometheus, tmp_path: Path
 ) -> None:
     config = any_config
-    lookback = NOW - D0 + 600  # ten minutes before the data: those steps have none
+    # ten minutes before the data (those steps have none), from now: the module may be imported long before
+    lookback = int(time.time()) - D0 + 600
     section = poller_section(prometheus.url, lookback_s=lookback) | {"metrics_port": 0}
     k = config.kafka
     path = tmp_path / "vigil.yaml"
