@@ -563,6 +563,147 @@ class ApiConfig(Frozen):
     lease_s: float = Field(
         default=30.0, gt=0, le=3600, description="a running job not updated this long is taken over"
     )
+    external_url: str | None = Field(
+        default=None,
+        description="how people reach Vigil's API (behind a proxy, say); notifications link to it",
+    )
+
+    @field_validator("external_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/@?#\s]+(/[^?#\s]*)?", value):
+            raise ValueError("external_url must be http(s)://host[:port][/path], without credentials")
+        return value
+
+
+class NotifierType(StrEnum):
+    ALERTMANAGER = "alertmanager"
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+    PAGERDUTY = "pagerduty"
+
+
+class NotifyEvent(StrEnum):
+    OPENED = "opened"
+    RESOLVED = "resolved"
+
+
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+
+#: settings each type needs (one of each tuple) and allows
+_NEEDS: dict[NotifierType, tuple[tuple[str, ...], ...]] = {
+    NotifierType.ALERTMANAGER: (("url",),),
+    NotifierType.WEBHOOK: (("url",),),
+    NotifierType.SLACK: (("webhook_url_file", "webhook_url_env"),),
+    NotifierType.PAGERDUTY: (("routing_key_file", "routing_key_env"),),
+}
+_ALLOWS: dict[NotifierType, frozenset[str]] = {
+    NotifierType.ALERTMANAGER: frozenset({"url"}),
+    NotifierType.WEBHOOK: frozenset({"url", "secret_file", "secret_env"}),
+    NotifierType.SLACK: frozenset({"webhook_url_file", "webhook_url_env"}),
+    NotifierType.PAGERDUTY: frozenset({"url", "routing_key_file", "routing_key_env"}),
+}
+_SPECIFIC = frozenset().union(*_ALLOWS.values())
+
+
+def _plain_url(url: str) -> str | None:
+    """Why ``url`` is refused, or None. Never repeats the URL (it may hold a token)."""
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if not sep or scheme not in ("http", "https") or not host:
+        return "url must be http://host[:port][/path] or https://..."
+    if "@" in host:
+        return "url must not hold credentials"
+    return None
+
+
+class NotifierConfig(Frozen):
+    """One receiver of anomaly notifications. Secrets only from files (read at each send, so a rotated
+    one is picked up) or environment variables, never inline: a configuration file is often shared."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    type: NotifierType
+    url: str | None = Field(
+        default=None, description="alertmanager: its base URL; webhook: where to POST; pagerduty: Events API"
+    )
+    secret_file: Path | None = Field(default=None, description="webhook: HMAC-SHA256 key (signs the body)")
+    secret_env: str | None = None
+    webhook_url_file: Path | None = Field(default=None, description="slack: incoming webhook URL (a secret)")
+    webhook_url_env: str | None = None
+    routing_key_file: Path | None = Field(default=None, description="pagerduty: integration routing key")
+    routing_key_env: str | None = None
+    services: tuple[str, ...] = Field(default=(), description="only these services (empty: all)")
+    metric_types: tuple[MetricType, ...] = Field(default=(), description="only these rule types (empty: all)")
+    events: tuple[NotifyEvent, ...] = Field(
+        default=(NotifyEvent.OPENED, NotifyEvent.RESOLVED), description="which changes to send"
+    )
+    group_interval_s: float = Field(
+        default=10.0, gt=0, le=600, description="slack, pagerduty: one message per service per interval"
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="one request")
+    backoff_s: float = Field(default=1.0, gt=0, le=60, description="first retry delay, doubled each time")
+    max_backoff_s: float = Field(default=60.0, gt=0, le=3600, description="longest delay between tries")
+    resend_interval_s: float = Field(
+        default=60.0, gt=0, le=3600, description="alertmanager: open alerts are sent again this often"
+    )
+    expiry_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="alertmanager: endsAt this far ahead of the wall clock"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "min_health" in data:
+            raise ValueError(
+                "min_health is not supported yet: service health needs the per-series status topic, "
+                "which is not built; filter with services and metric_types"
+            )
+        inline = [k for k in ("secret", "webhook_url", "routing_key") if k in data]
+        if inline:
+            raise ValueError(f"{inline[0]} cannot be given inline: use {inline[0]}_file or {inline[0]}_env")
+        url = data.get("url")
+        if isinstance(url, str) and (why := _plain_url(url)):
+            raise ValueError(why)
+        return data
+
+    @model_validator(mode="after")
+    def _settings_of_type(self) -> NotifierConfig:
+        given = {k for k in _SPECIFIC if getattr(self, k) is not None}
+        foreign = sorted(given - _ALLOWS[self.type])
+        if foreign:
+            raise ValueError(f"{self.type} notifiers do not take {', '.join(foreign)}")
+        for one_of in _NEEDS[self.type]:
+            found = [k for k in one_of if k in given]
+            if not found:
+                raise ValueError(f"{self.type} notifiers need {' or '.join(one_of)}")
+        for prefix in ("secret", "webhook_url", "routing_key"):
+            if f"{prefix}_file" in given and f"{prefix}_env" in given:
+                raise ValueError(f"set {prefix}_file or {prefix}_env, not both")
+        if self.max_backoff_s < self.backoff_s:
+            raise ValueError("max_backoff_s must be at least backoff_s")
+        if self.expiry_s <= self.resend_interval_s:
+            raise ValueError("expiry_s must exceed resend_interval_s, or open alerts expire between sends")
+        return self
+
+    @property
+    def endpoint(self) -> str | None:
+        """The URL that is not a secret (Slack's is, and comes from a file or the environment)."""
+        if self.type is NotifierType.PAGERDUTY:
+            return self.url or PAGERDUTY_URL
+        return self.url
+
+
+class NotifierProcessConfig(Frozen):
+    """The ``vigil notify`` process: Prometheus metrics at ``http://metrics_host:metrics_port/metrics``."""
+
+    metrics_enabled: bool = Field(default=True, description="false: the notifier opens no port at all")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9205, ge=0, le=65535, description="0: any free port (printed)")
+    max_event_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="larger records are skipped"
+    )
 
 
 class WorkerConfig(Frozen):
@@ -590,6 +731,15 @@ class VigilConfig(BaseSettings):
     receiver: ReceiverConfig = ReceiverConfig()
     poller: PollerConfig = PollerConfig()
     api: ApiConfig = ApiConfig()
+    notify: tuple[NotifierConfig, ...] = ()
+    notifier: NotifierProcessConfig = NotifierProcessConfig()
+
+    @model_validator(mode="after")
+    def _notifier_names(self) -> VigilConfig:
+        names = [n.name for n in self.notify]
+        if len(set(names)) != len(names):
+            raise ValueError(f"notifier names must be unique, got {sorted(names)}")
+        return self
 
     @classmethod
     def settings_customise_sources(

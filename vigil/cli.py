@@ -51,7 +51,8 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def run(config: ConfigOption = None) -> None:
-    """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver, poller."""
+    """Run everything: embedded broker (unless kafka.bootstrap_servers is set), worker, receiver, poller,
+    notifiers."""
     from vigil.supervisor import supervise
 
     cfg = _load(config)
@@ -60,6 +61,7 @@ def run(config: ConfigOption = None) -> None:
         *(["ingest"] if cfg.receiver.enabled else []),
         *(["poller"] if cfg.poller.enabled else []),
         *(["api"] if cfg.api.enabled else []),
+        *(["notify"] if cfg.notify else []),
     ]
     raise typer.Exit(supervise(config, cfg, parts))
 
@@ -114,6 +116,26 @@ def poller(
     logging.getLogger().setLevel(loglevel.upper())
     try:
         run_poller(cfg)
+    except VigilError as exc:
+        # exit 2 is a configuration error, which `vigil run` does not restart; Kafka being away is not one
+        typer.echo(f"vigil: {exc}", err=True)
+        raise typer.Exit(1 if exc.retriable else 2) from None
+
+
+@app.command()
+def notify(
+    config: ConfigOption = None,
+    loglevel: Annotated[str, typer.Option(help="debug, info, warn or error")] = "warn",
+) -> None:
+    """Run the configured notifiers (section notify) against kafka.bootstrap_servers until SIGINT/SIGTERM."""
+    cfg = _load(config)
+    if cfg.kafka.embedded:
+        raise _fail(VigilError("`vigil notify` needs kafka.bootstrap_servers; `vigil run` starts a broker"))
+    from connectors.notify import run_notify
+
+    logging.getLogger().setLevel(loglevel.upper())
+    try:
+        run_notify(cfg)
     except VigilError as exc:
         # exit 2 is a configuration error, which `vigil run` does not restart; Kafka being away is not one
         typer.echo(f"vigil: {exc}", err=True)

@@ -65,3 +65,10 @@ def test_the_scale_bench_runs_on_apache_kafka(kafka: KafkaNode) -> None:
     assert "ratio 2 ingests / 1 ingest" in out
     assert "ratio 1 ingest / bare" in out
     assert "ratio 2 workers / 1 worker" in out
+
+
+def test_the_notify_bench_measures_every_path() -> None:
+    out = run_bench("bench.notify", "--runs", "1", "--events", "120")
+    for label in ("bare", "webhook", "slack"):
+        assert rate(out, label) > 0
+    assert "ratio vs bare" in out
