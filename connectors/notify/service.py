@@ -10,7 +10,9 @@ collapsed to each alert's latest state before it is sent, so a restart does not 
 
 A notifier without committed offsets (new, or newly added to a running system) reads the topic from the
 beginning and skips records produced before it started, so it misses none produced while its group
-forms (Kafka's ``latest`` would). Its first commit follows its first read.
+forms (Kafka's ``latest`` would). It delivers nothing until every partition it was given has a committed
+offset (its first commit follows its first read of each), so a notifier whose first delivery retries until
+it is stopped still starts the next time where it began.
 
 Slack and PagerDuty get one message per service per ``group_interval_s`` (a storm of many series of one
 service is one message); Alertmanager and webhooks get every event at once. Each notifier runs on its own:
@@ -200,6 +202,12 @@ class Notifier:
             if position >= highwater:
                 self._offsets.at(tp, position)
 
+    def _placed(self, consumer: AIOKafkaConsumer) -> bool:
+        """Every assigned partition has a committed offset. Until then nothing is delivered: a delivery that
+        retries holds up reading, and a partition never read before a restart would count as new then, and
+        its records from before that start would be skipped."""
+        return all(tp in self._committed for tp in consumer.assignment())
+
     async def _commit(self) -> None:
         consumer = self._consumer
         if consumer is None:
@@ -374,12 +382,13 @@ class Notifier:
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=1000)
-                await self.classify(list(batch))
+                await self.classify(list(consumer.assignment()))
                 for tp, records in batch.items():
                     for record in records:
                         self.take(tp, record)
                 await self._caught_up(consumer, batch.keys())
-                await self.flush(stop, idle=not batch)
+                if self._placed(consumer):
+                    await self.flush(stop, idle=not batch)
                 await self._commit()
         finally:
             with contextlib.suppress(KafkaError):
