@@ -164,10 +164,14 @@ def test_watches_need_a_source(tmp_path: Path) -> None:
 
 def test_the_commented_example_in_the_shipped_config_is_valid(tmp_path: Path) -> None:
     shipped = (Path(__file__).resolve().parents[2] / "config" / "vigil.yaml").read_text()
-    section = shipped[shipped.index("\npoller:") :]
+    section: list[str] = []
+    for line in shipped[shipped.index("\npoller:") + 1 :].splitlines():
+        if section and line and not line.startswith((" ", "#")):
+            break  # the next top-level section
+        section.append(line)
     lines = [
         line.replace("  #  ", "  ", 1) if line.startswith("  #  ") else line.replace(": []", ":", 1)
-        for line in section.splitlines()
+        for line in section
     ]
     config = load(tmp_path, "\n".join(lines) + "\n")
     poller = config.poller  # type: ignore[attr-defined]
