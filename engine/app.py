@@ -22,6 +22,7 @@ from engine.bank import ModelBank
 from engine.commits import Checkpointer, Ledger, Step
 from engine.config import VigilConfig
 from engine.delivery import FLOOR, MARGIN, Sender
+from engine.deployments import CATCH_UP_S, DeploymentFollower, Deployments
 from engine.metadata import MetadataFollower
 from engine.processor import Outcome, Processor, Source, deadletter
 from engine.samples import partition_for
@@ -71,10 +72,13 @@ def create_app(config: VigilConfig) -> faust.App:
         "models", partitions=kafka.partitions, key_type=bytes, value_type=bytes, use_partitioner=True
     )
 
-    bank = ModelBank(config, load=models.get)
+    deployments = Deployments()
+    bank = ModelBank(config, load=models.get, deployments=deployments)
     processor = Processor(bank, max_future_ms=int(config.detection.max_future_s * 1000))
     metadata = MetadataFollower(kafka, bank.types)
     app.task(metadata.run)  # every worker reads the whole metadata topic (no group), live
+    deployment_follower = DeploymentFollower(kafka, deployments)
+    app.task(deployment_follower.run)  # and the whole deployments topic
     tally = WorkerTally()
     sender = Sender(attempt_timeout_s=kafka.ack_timeout_s)
     ledger = Ledger()
@@ -133,6 +137,8 @@ def create_app(config: VigilConfig) -> faust.App:
 
     @app.agent(samples, concurrency=1)
     async def judge(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        if not await deployment_follower.wait_caught_up(CATCH_UP_S):
+            log.warning("the deployments topic is not read after %.0f s; judging without it", CATCH_UP_S)
         async for event in stream.events():
             message = event.message
             partition, offset = message.partition, message.offset

@@ -38,6 +38,7 @@ import orjson
 
 from engine import plain
 from engine.config import MetricRule, VigilConfig
+from engine.deployments import Deployments
 from engine.events import anomaly_event
 from engine.guard import SeriesGuard, TransitionKind
 from engine.preparation import FamilyTypes, Prepared, Preparer
@@ -134,12 +135,17 @@ class ModelBank:
         load: Callable[[bytes], bytes | None] = lambda key: None,
         *,
         types: FamilyTypes | None = None,
+        deployments: Deployments | None = None,
         part_bytes: int = PART_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.load = load
         self.types = types if types is not None else FamilyTypes()
+        #: deployments of services (the worker follows the deployments topic into it)
+        self.deployments = deployments if deployments is not None else Deployments()
+        self.deployment_window_ms = int(config.detection.deployment_window_s * 1000)
+        self.inherits = 0  # new series that started from another instance's model
         self.part_bytes = part_bytes
         self.partitions = config.kafka.partitions
         self.config_hash = config_hash(config)
@@ -245,7 +251,7 @@ class ModelBank:
         rule = self.rule_for(series.metric)
         guard = unit.guards.get((series.metric, series.instance))
         if guard is None:
-            guard = unit.guards[(series.metric, series.instance)] = SeriesGuard(rule, self.config.detection)
+            guard = unit.guards[(series.metric, series.instance)] = self._new_guard(unit, series.metric, rule)
         self.dirty.add(key)
         events = []
         counts = self.counts
@@ -258,11 +264,40 @@ class ModelBank:
                 continue
             transition = guard.end(ts) if value is None else guard.observe(ts, value)
             if transition is not None:
-                events.append(anomaly_event(series.service, series.metric, series.instance, rule, transition))
+                event = anomaly_event(series.service, series.metric, series.instance, rule, transition)
+                self._with_deployment(event, series.service, transition.window_start_ms)
+                events.append(event)
             if trace is not None and value is not None:
                 opened = transition is not None and transition.kind is TransitionKind.OPENED
                 trace.append((guard.score, opened))
         return events
+
+    def _new_guard(self, unit: Unit, metric: str, rule: MetricRule) -> SeriesGuard:
+        """A guard for a new instance of ``metric``: with ``detection.inherit_models``, its detector and
+        calibration start as a copy of those of the instance of ``metric`` in this unit that has learned
+        most and has no anomaly open (its episode state, watermark and score start fresh)."""
+        detection = self.config.detection
+        guard = SeriesGuard(rule, detection)
+        if not detection.inherit_models:
+            return guard
+        donor: SeriesGuard | None = None
+        for (m, _), g in unit.guards.items():
+            learned = m == metric and not g.is_open and g.detector.n >= detection.warmup
+            if learned and (donor is None or g.detector.n > donor.detector.n):
+                donor = g
+        if donor is not None:
+            plain.apply(guard.detector, plain.dump(donor.detector))
+            plain.apply(guard.calibrator, plain.dump(donor.calibrator))
+            self.inherits += 1
+        return guard
+
+    def _with_deployment(self, event: dict[str, Any], service: str, start_ms: int) -> None:
+        """Add ``data.deployment`` to an anomaly event whose episode started soon after a deployment."""
+        if self.deployment_window_ms <= 0:
+            return
+        d = self.deployments.before(service, start_ms, self.deployment_window_ms)
+        if d is not None:
+            event["data"]["deployment"] = d.evidence(start_ms)
 
     def rule_for(self, metric: str) -> MetricRule:
         """The configuration's rule for ``metric`` (:meth:`VigilConfig.rule_for`), remembered."""

@@ -76,6 +76,9 @@ class Topics(Frozen):
     poller_state: str = "vigil.poller-state"
     #: compacted, keyed by verification id: the API's jobs (request, status, verdict)
     verifications: str = "vigil.verifications"
+    #: compacted, keyed by deployment id: deployments of services (API, Flagger, Argo Rollouts), read by every
+    #: worker so that anomalies opening soon after one carry it
+    deployments: str = "vigil.deployments"
 
 
 class KafkaConfig(Frozen):
@@ -272,6 +275,18 @@ class DetectionConfig(Frozen):
         ge=1,
         description="sample keys a worker holds in memory at most; beyond it the least recently used leaves "
         "memory (checkpointed first)",
+    )
+    deployment_window_s: float = Field(
+        default=1800.0,
+        ge=0,
+        le=7 * 86_400,
+        description="an anomaly that opens within this long (metric time) after a deployment of its service "
+        "carries that deployment (`data.deployment`); 0 turns it off",
+    )
+    inherit_models: bool = Field(
+        default=True,
+        description="a new instance of a known metric starts from the model of the instance of it that has "
+        "learned most (with no open anomaly), so new pods after a deployment are watched at once",
     )
     on_checkpoint_mismatch: Literal["fresh", "error"] = Field(
         default="fresh",

@@ -10,15 +10,13 @@ name decides; a later retype is counted there.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Final
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from engine.config import KafkaConfig
+from engine.follower import Records, follow_topic
 from engine.preparation import FamilyTypes
 from engine.raw import MetricKind
 
@@ -60,47 +58,17 @@ class MetadataFollower:
         self.invalid = 0
 
     async def run(self) -> None:
-        topic = self.kafka.topics.metadata
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.kafka.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            metadata_max_age_ms=5000,
-        )
-        await consumer.start()
-        try:
-            partitions = await self._partitions(consumer, topic)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            while True:
-                try:
-                    batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
-                except KafkaError as exc:  # the broker went away: the consumer reconnects by itself
-                    log.warning("metadata topic %s: %s", topic, exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                learned: dict[str, MetricKind] = {}
-                for records in batch.values():
-                    for record in records:
-                        self.records += 1
-                        got = parse_metadata(record.key, record.value)
-                        if isinstance(got, tuple):
-                            learned[got[0]] = got[1]
-                        elif got is not None:
-                            self.invalid += 1
-                            log.warning("metadata record %s/%d refused: %s", topic, record.offset, got)
-                if learned:
-                    self.types.learn(learned)
-        finally:
-            await consumer.stop()
+        await follow_topic(self.kafka, self.kafka.topics.metadata, self.handle)
 
-    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-        """The topic's partitions, waiting for the topic to exist."""
-        delay = 0.2
-        while True:
-            cluster = await consumer._client.fetch_all_metadata()  # topics() drops the partitions
-            found = cluster.partitions_for_topic(topic)
-            if found:
-                return [TopicPartition(topic, p) for p in sorted(found)]
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    def handle(self, records: Records) -> None:
+        learned: dict[str, MetricKind] = {}
+        for record in records:
+            self.records += 1
+            got = parse_metadata(record.key, record.value)
+            if isinstance(got, tuple):
+                learned[got[0]] = got[1]
+            elif got is not None:
+                self.invalid += 1
+                log.warning("metadata record %s/%d refused: %s", record.topic, record.offset, got)
+        if learned:
+            self.types.learn(learned)

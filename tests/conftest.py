@@ -16,12 +16,18 @@ from typing import Any, Protocol
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from hypothesis import settings
 
 from connectors.broker import EmbeddedBroker
 from connectors.kafka import compacted_topics, ensure_topics, topic_names
 from engine.config import VigilConfig, load_config
 from tests.kafka.node import KafkaNode
 from vigil.runtime import child_env
+
+# No per-example deadline anywhere: the tests must pass with the other core busy, and a slow example is not
+# a wrong one (hypothesis' default 200 ms failed a property test under load).
+settings.register_profile("vigil", deadline=None)
+settings.load_profile("vigil")
 
 _ids = itertools.count()
 
@@ -80,6 +86,7 @@ def isolated_config(broker: Broker, *, replication: int = 1, **detection: Any) -
                     "metadata": f"{n}.metadata",
                     "poller_state": f"{n}.poller-state",
                     "verifications": f"{n}.verifications",
+                    "deployments": f"{n}.deployments",
                 }
             ),
         }
@@ -111,6 +118,7 @@ def config_env(config: VigilConfig) -> dict[str, str]:
         "VIGIL_KAFKA__ACK_TIMEOUT_S": str(k.ack_timeout_s),
         "VIGIL_KAFKA__TOPICS__POLLER_STATE": k.topics.poller_state,
         "VIGIL_KAFKA__TOPICS__VERIFICATIONS": k.topics.verifications,
+        "VIGIL_KAFKA__TOPICS__DEPLOYMENTS": k.topics.deployments,
         "VIGIL_DETECTION__CHECKPOINT_INTERVAL_S": str(d.checkpoint_interval_s),
         "VIGIL_DETECTION__WARMUP": str(d.warmup),
         "VIGIL_RULES": orjson.dumps([r.model_dump(mode="json") for r in config.rules]).decode(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from engine.deployments import DeploymentRequest
 from engine.verification.request import Request
 
 ERROR = {
@@ -39,6 +40,20 @@ VERIFICATION: dict[str, Any] = {
 }
 
 
+DEPLOYMENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "service": {"type": "string"},
+        "version": {"type": "string"},
+        "time": {"type": "string", "format": "date-time"},
+        "time_ms": {"type": "integer"},
+        "source": {"enum": ["api", "flagger", "argo"]},
+        "namespace": {"type": ["string", "null"]},
+    },
+}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -46,6 +61,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 @cache
 def openapi() -> dict[str, Any]:
     one = {"$ref": "#/components/schemas/Verification"}
+    deployment = {"$ref": "#/components/schemas/Deployment"}
     ident = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     return {
         "openapi": "3.1.0",
@@ -56,6 +72,8 @@ def openapi() -> dict[str, Any]:
                     ref_template="#/components/schemas/Request/$defs/{model}"
                 ),
                 "Verification": VERIFICATION,
+                "DeploymentRequest": DeploymentRequest.model_json_schema(),
+                "Deployment": DEPLOYMENT,
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
@@ -111,7 +129,10 @@ def openapi() -> dict[str, Any]:
             },
             "/api/v1/flagger/{kind}": {
                 "post": {
-                    "summary": "Flagger webhook: rollout, pre-rollout, confirm-*, post-rollout, rollback",
+                    "summary": (
+                        "Flagger webhook: rollout, pre-rollout, confirm-*, post-rollout, rollback; "
+                        "event records a deployment when Flagger detects a new revision"
+                    ),
                     "parameters": [
                         {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}}
                     ],
@@ -123,6 +144,36 @@ def openapi() -> dict[str, Any]:
                         "404": ERROR,
                     },
                 }
+            },
+            "/api/v1/deployments": {
+                "post": {
+                    "summary": "record a deployment of a service (Argo Rollouts notifications send this)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/DeploymentRequest"}}
+                        },
+                    },
+                    "responses": {
+                        "201": _json(deployment, "recorded"),
+                        "200": _json(deployment, "this version of the service was recorded before"),
+                        "400": ERROR,
+                        "415": ERROR,
+                    },
+                },
+                "get": {
+                    "summary": "the newest deployments of every service, or of one",
+                    "parameters": [{"name": "service", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {"deployments": {"type": "array", "items": deployment}},
+                            },
+                            "the deployments, oldest first per service",
+                        )
+                    },
+                },
             },
             "/-/healthy": {"get": {"responses": {"200": {"description": "the process is up"}}}},
             "/-/ready": {

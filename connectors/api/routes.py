@@ -14,10 +14,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from connectors.api import flagger
+from connectors.api.deployments import DeploymentLog, flagger_event
 from connectors.api.jobs import Jobs, now_ms, state_of
 from connectors.api.openapi import openapi
 from connectors.receiver.auth import Auth
 from engine.config import VigilConfig
+from engine.deployments import parse_deployment
 from engine.errors import ConfigError
 from engine.verification.request import parse_request
 
@@ -34,6 +36,7 @@ class Api:
         self.config = config
         self.auth = Auth(config.api.auth, "api.auth")
         self.jobs = Jobs(config)
+        self.deployments = DeploymentLog(config)
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "vigil_api_requests", "HTTP requests answered", ["method", "code"], registry=self.registry
@@ -203,9 +206,13 @@ async def _get(request: web.Request) -> web.Response:
 async def _flagger(request: web.Request) -> web.Response:
     api = request.app[API]
     kind = request.match_info["kind"]
+    if kind == "event":
+        return await _flagger_event(request)
     if kind not in flagger.KINDS:
         return error(
-            404, "not_found", f"no Flagger hook kind {kind[:64]!r}; the kinds are {', '.join(flagger.KINDS)}"
+            404,
+            "not_found",
+            f"no Flagger hook kind {kind[:64]!r}; the kinds are {', '.join(flagger.KINDS)}, event",
         )
     if (busy := _unready(api)) is not None:
         return busy
@@ -222,6 +229,46 @@ async def _flagger(request: web.Request) -> web.Response:
     if status >= 300:
         body["error"] = "check_failed" if kind != "rollback" else "no_rollback"
     return ok(body, status, {"Location": f"{PREFIX}/{job['id']}"})
+
+
+async def _flagger_event(request: web.Request) -> web.Response:
+    """Flagger's event hook: a new revision records a deployment; every other event is answered 200 and
+    ignored (Flagger only logs what an event hook answers)."""
+    api = request.app[API]
+    try:
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return error(400, "bad_json", f"the body is not JSON: {str(exc)[:200]}")
+    try:
+        found = flagger_event(doc)
+    except ConfigError as exc:
+        return error(400, "invalid", str(exc)[:1000])
+    if isinstance(found, str):
+        return ok({"recorded": False, "reason": found})
+    d, created = await api.deployments.record(found)
+    return ok({"recorded": created, "deployment": d.doc()}, 201 if created else 200)
+
+
+async def _record_deployment(request: web.Request) -> web.Response:
+    api = request.app[API]
+    if request.content_type != "application/json":
+        return error(415, "unsupported_media_type", "send the deployment as Content-Type: application/json")
+    try:
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return error(400, "bad_json", f"the body is not JSON: {str(exc)[:200]}")
+    try:
+        d, created = await api.deployments.record(parse_deployment(doc))
+    except ConfigError as exc:
+        return error(400, "invalid", str(exc)[:1000])
+    return ok(d.doc(), 201 if created else 200)
+
+
+async def _deployments(request: web.Request) -> web.Response:
+    known = request.app[API].deployments.known
+    service = request.query.get("service")
+    services = [service] if service is not None else known.services()
+    return ok({"deployments": [d.doc() for s in services for d in known.of(s)]})
 
 
 async def _list(request: web.Request) -> web.Response:
@@ -251,7 +298,9 @@ def make_app(config: VigilConfig) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[API].jobs.start()
+        await app[API].deployments.start()
         yield
+        await app[API].deployments.stop()
         await app[API].jobs.stop()
 
     app.cleanup_ctx.append(lifecycle)
@@ -264,4 +313,6 @@ def make_app(config: VigilConfig) -> web.Application:
     app.router.add_get(PREFIX + "/{id}", _get)
     app.router.add_delete(PREFIX + "/{id}", _delete)
     app.router.add_post("/api/v1/flagger/{kind}", _flagger)
+    app.router.add_post("/api/v1/deployments", _record_deployment)
+    app.router.add_get("/api/v1/deployments", _deployments)
     return app

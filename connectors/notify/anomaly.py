@@ -67,6 +67,9 @@ class Anomaly:
     end: str
     time: str
     raw: bytes  # the CloudEvent as it was on the topic (the webhook's body)
+    #: ``data.deployment``: the deployment of the service shortly before the anomaly started, if any
+    deployed_version: str | None = None
+    deployed_after_s: float | None = None
 
     @property
     def anomaly_id(self) -> str:
@@ -96,13 +99,28 @@ class Anomaly:
         return f"[{_num(self.expected_low, '-∞')}, {_num(self.expected_high, '∞')}]"
 
     def summary(self) -> str:
-        """One line: what, how far from the expected, how unusual."""
+        """One line: what, how far from the expected, how unusual (and after which deployment)."""
         if self.kind is NotifyEvent.RESOLVED:
             return f"{self.series} is back to normal (anomaly since {self.start}, last unusual {self.end})"
         return (
             f"{self.series} = {_num(self.value, 'no value')}, expected {self.band()}, "
-            f"{self.score:.2f}x the alerting threshold, since {self.start}"
+            f"{self.score:.2f}x the alerting threshold, since {self.start}{self.after_deployment()}"
         )
+
+    def after_deployment(self) -> str:
+        """``", started 3 min after checkout v42 was deployed"``, or nothing.
+
+        >>> a = parse(b'{"type":"vigil.anomaly.opened","id":"x","time":"t","data":{"service":"checkout",'
+        ...   b'"metric":"m","instance":"","score":2,"value":9,"deployment":{"version":"v42","after_s":185},'
+        ...   b'"window":{"start":"a","end":"b","start_ms":1,"end_ms":2}}}', 1 << 16)
+        >>> a.after_deployment()
+        ', started 3 min after checkout v42 was deployed'
+        """
+        if self.deployed_version is None or self.deployed_after_s is None:
+            return ""
+        s = self.deployed_after_s
+        after = f"{s:.0f} s" if s < 60 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.0f} h"
+        return f", started {after} after {self.service} {self.deployed_version} was deployed"
 
 
 def _num(value: float | None, missing: str) -> str:
@@ -135,6 +153,7 @@ def _anomaly(doc: dict[str, Any], kind: NotifyEvent, raw: bytes) -> Anomaly:
     window = data["window"]
     expected = data.get("expected") or {}
     rule = data.get("rule") or {}
+    deployment = data.get("deployment") or {}
     return Anomaly(
         event_id=_text(doc["id"], 128),
         kind=kind,
@@ -153,6 +172,8 @@ def _anomaly(doc: dict[str, Any], kind: NotifyEvent, raw: bytes) -> Anomaly:
         end=_text(window["end"], 64),
         time=_text(doc["time"], 64),
         raw=raw,
+        deployed_version=_text(deployment["version"], 256) if deployment else None,
+        deployed_after_s=_finite(deployment["after_s"]) if deployment else None,
     )
 
 

@@ -190,6 +190,8 @@ class AlertmanagerSender(Sender):
             "window_end": a.end,
             "anomaly_id": a.anomaly_id,
         }
+        if a.deployed_version is not None:
+            annotations["deployment"] = a.deployed_version
         alert: dict[str, Any] = {"labels": labels, "annotations": annotations}
         if link := self.link(a.service):
             annotations["link"] = link

@@ -17,8 +17,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from connectors.broker import EmbeddedBroker
+from connectors.kafka import ensure_topics
 from engine.bank import ModelBank
 from engine.config import VigilConfig
+from engine.deployments import Deployment
 from engine.samples import analysis_key, partition_for
 from tests.conftest import Broker, Worker, config_env, isolated_config, read_topic
 
@@ -45,7 +47,6 @@ def test_replay_raises_the_incident_and_nothing_on_the_flat_stretch(
 ) -> None:
     broker = any_broker
     config = isolated_config(broker)
-    worker_factory(config)
     rng = random.Random(1)
     flat = [250.0 + rng.uniform(-1e-9, 1e-9) for _ in range(300)]  # flat, with float noise only
     # Bounded noise (sd 2). With Gaussian noise, the first excursion beyond the latency rule's 5 % ignore band
@@ -57,6 +58,16 @@ def test_replay_raises_the_incident_and_nothing_on_the_flat_stretch(
     stamps = write_csv(tmp_path / "latency.csv", flat + noisy + incident + after)
     incident_start = stamps[len(flat) + len(noisy)]
     incident_end = stamps[len(flat) + len(noisy) + len(incident) - 1]
+    # checkout v42 rolled out two minutes before the incident: its anomaly says so
+    deployed = Deployment("checkout", "v42", incident_start - 120_000)
+    k = config.kafka
+    asyncio.run(
+        ensure_topics(
+            k.bootstrap_servers, [k.topics.deployments], k.partitions, compacted=[k.topics.deployments]
+        )
+    )
+    _send(k.bootstrap_servers, k.topics.deployments, [(deployed.id.encode(), deployed.record(), 0)])
+    worker_factory(config)
 
     started = time.monotonic()
     result = subprocess.run(
@@ -103,9 +114,11 @@ def test_replay_raises_the_incident_and_nothing_on_the_flat_stretch(
     assert data["window"]["start_ms"] <= data["window"]["end_ms"] <= incident_end
     assert data["value"] > data["expected"]["high"]
     assert len(opened(events)) == 1
+    after_s = (data["window"]["start_ms"] - deployed.time_ms) / 1000
+    assert data["deployment"] == {**deployed.doc(), "after_s": after_s}
 
 
-def _send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, int]]) -> None:
+def _send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, int | None]]) -> None:
     async def go() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()

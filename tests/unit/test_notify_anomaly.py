@@ -67,6 +67,27 @@ def test_the_summary_says_what_how_far_and_since_when() -> None:
     )
 
 
+@pytest.mark.parametrize(("after_s", "words"), [(42, "42 s"), (185, "3 min"), (9000, "2 h")])
+def test_an_anomaly_after_a_deployment_says_so_in_the_summary_and_the_annotations(
+    after_s: float, words: str
+) -> None:
+    event = anomaly(CONFIG, "checkout", "latency_seconds:p99", "pod-7")
+    event["data"]["deployment"] = {"version": "v42", "after_s": after_s, "service": "checkout"}
+    a = parse(raw(event), 1 << 16)
+    assert a.summary().endswith(f", started {words} after checkout v42 was deployed")
+    sender = AlertmanagerSender(NotifierConfig(name="am", type="alertmanager", url="http://am:9093"), None)
+    assert sender.alert(a, 0.0)["annotations"]["deployment"] == "v42"
+
+
+@pytest.mark.parametrize("deployment", [{"version": 42, "after_s": 1}, {"version": "v1"}, {"after_s": 1}])
+def test_a_malformed_deployment_makes_the_event_wrong_shaped(deployment: object) -> None:
+    event = anomaly(CONFIG, "checkout", "latency_seconds:p99")
+    event["data"]["deployment"] = deployment
+    with pytest.raises(BadEvent) as caught:
+        parse(raw(event), 1 << 16)
+    assert caught.value.reason is Skip.WRONG_SHAPE
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
