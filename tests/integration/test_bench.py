@@ -72,3 +72,14 @@ def test_the_notify_bench_measures_every_path() -> None:
     for label in ("bare", "webhook", "slack"):
         assert rate(out, label) > 0
     assert "ratio vs bare" in out
+
+
+def test_the_alerting_bench_measures_the_delay_to_alertmanager() -> None:
+    out = run_bench("bench.alerting", "--runs", "1", "--series", "3", "--pace", "0.1")
+    vigil = re.search(r"vigil \(ingest.*?: p50 ([\d,]+) ms, p99 ([\d,]+) ms .*n=(\d+)\)", out)
+    bare = re.search(r"bare  \(ingest.*?: p50 ([\d,]+) ms", out)
+    assert vigil, out
+    assert bare, out
+    assert int(vigil.group(3)) == 3  # every series raised its alert
+    assert float(vigil.group(1).replace(",", "")) > 0
+    assert "ratio of medians vigil / bare" in out
