@@ -145,6 +145,12 @@ class SeriesGuard:
         any state (a point whose timestamp does not advance is judged, never learned)."""
         return self._reported(self._normalised(value, ts_ms, learn=False))
 
+    def judge(self, value: float, ts_ms: int | None = None) -> float:
+        """The normalised score of ``value`` (1 = the opening threshold), without learning it or changing
+        any state, undamped and also while learning: what a verification's ML view reads
+        (:mod:`engine.verification.ml`) of a series this guard has learned."""
+        return self._normalised(value, ts_ms, learn=False)
+
     def observe(self, ts_ms: int, value: float) -> Transition | None:
         """Score ``value``, update the state, learn it. Returns the transition it caused, if any.
 
