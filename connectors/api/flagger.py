@@ -1,8 +1,11 @@
 """Flagger webhooks: ``POST /api/v1/flagger/{kind}`` with Flagger's payload ``{name, namespace, phase,
 checksum, metadata}``. The verification's fields come from ``metadata`` (strings, as Flagger sends them):
-``baseline`` and ``canary`` (label matchers, required), ``service`` (default: the canary's name), ``pack``
-(comma-separated, default http), ``duration`` (default 30m; or ``start`` and ``end`` for a past window),
-``source``, ``instance_label``, ``sensitivity``, ``step``. Every call for one canary revision (name,
+``type`` (default canary), for a canary ``baseline`` and ``canary`` (label matchers), for ``before_after``
+and ``load_test`` ``selector`` (the service's matchers) with ``deployed_at`` (before_after; default: when
+the first call came) or one of ``baseline_start`` and ``baseline_run`` (load_test), ``service`` (default:
+the canary's name), ``pack`` (comma-separated, default http), ``duration`` (default 30m; or ``start`` and
+``end`` for a past window), ``source``, ``instance_label``, ``sensitivity``, ``step``. The request's own
+checks apply (a field of another type is a 400 naming it). Every call for one canary revision (name,
 namespace, checksum) is the same verification (its key).
 
 Flagger's semantics: for a check (``rollout``, ``pre-rollout``, ``confirm-*``, ``post-rollout``), a 2xx lets
@@ -31,8 +34,13 @@ CHECKS = (
 KINDS = (*CHECKS, "rollback")
 FIELDS = (
     "service",
+    "type",
     "baseline",
     "canary",
+    "selector",
+    "deployed_at",
+    "baseline_start",
+    "baseline_run",
     "duration",
     "start",
     "end",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,74 @@ def test_the_flagger_example_speaks_to_these_routes() -> None:
         request = parse_request(request_of(payload))
         assert request.duration == "30m"
         assert request.pack == ("http", "process")
+
+
+def test_flagger_metadata_asks_for_every_type_of_verification() -> None:
+    from connectors.api.flagger import request_of
+
+    def asked(**metadata: str) -> Any:
+        payload = {"name": "checkout", "namespace": "shop", "checksum": "9", "metadata": metadata}
+        return parse_request(request_of(payload))
+
+    before = asked(type="before_after", selector='job="checkout"', pack="http,process")
+    assert (before.type, before.selector, before.duration) == ("before_after", 'job="checkout"', "30m")
+    assert before.deployed_at is None  # live: the time of the first call, pinned when the job is created
+    at = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)
+    pinned = before.pinned(at)
+    assert pinned.deployed_at == pinned.start == at
+    assert pinned.references()[0] == ("before the deploy", 30 * 60_000)
+    replay = asked(
+        type="before_after",
+        selector='job="a"',
+        deployed_at="2026-12-02T10:30:00Z",
+        end="2026-12-02T11:00:00Z",
+    )
+    assert replay.start == replay.deployed_at
+    load = asked(type="load_test", selector='job="a"', baseline_run="checkout-load-test-41")
+    assert load.baseline_run == "checkout-load-test-41"
+    assert asked(type="load_test", selector='job="a"', baseline_start="2026-12-01T10:00:00Z").baseline_start
+    for metadata, reason in [
+        ({"type": "before_after", "baseline": 'v="1"', "selector": 'job="a"'}, "baseline is not a field"),
+        ({"type": "load_test", "selector": 'job="a"'}, "needs one of baseline_start and baseline_run"),
+        ({"type": "before_after"}, "needs selector"),
+        (
+            {
+                "type": "before_after",
+                "selector": 'job="a"',
+                "end": "2026-12-02T11:00:00Z",
+                "start": "2026-12-02T10:00:00Z",
+            },
+            "needs deployed_at",
+        ),
+        ({"type": "blue", "selector": 'job="a"'}, "type"),
+        ({"type": "before_after", "selector": 'job="a"', "deployed_at": "yesterday"}, "deployed_at"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            asked(**metadata)
+
+
+def test_a_live_request_is_pinned_once_and_a_replay_never() -> None:
+    at = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)
+    live = parse_request(
+        {"service": "a", "baseline": 'v="1"', "canary": 'v="2"', "pack": ["http"], "duration": "5m"}
+    )
+    pinned = live.pinned(at)
+    assert pinned.start == at
+    assert pinned.pinned(at + datetime.timedelta(hours=1)) == pinned  # a take-over keeps the window
+    replay = live.model_copy(update={"start": at, "end": at + datetime.timedelta(minutes=5)})
+    assert replay.pinned(at + datetime.timedelta(hours=1)) is replay
+    load = parse_request(
+        {
+            "service": "a",
+            "type": "load_test",
+            "selector": 'job="a"',
+            "pack": ["http"],
+            "duration": "5m",
+            "baseline_start": "2026-12-02T11:00:00Z",
+        }
+    )
+    with pytest.raises(ConfigError, match="baseline_start is not before start"):
+        load.pinned(at)  # checked again once its start is known
 
 
 def test_vigil_api_with_kafka_away_exits_1_so_vigil_run_restarts_it(tmp_path: Path) -> None:
