@@ -216,6 +216,22 @@ def test_flagger_metadata_asks_for_every_type_of_verification() -> None:
             asked(**metadata)
 
 
+def test_flagger_gates_open_only_on_a_pass_and_checks_count_only_a_verdict() -> None:
+    from connectors.api.flagger import CHECKS, GATES, answer
+
+    def doc(verdict: str | None) -> dict[str, Any]:
+        return {"verdict": verdict, "status": "running" if verdict is None else "done", "reason": "r"}
+
+    got = {
+        kind: [answer(kind, doc(v))[0] for v in (None, "pass", "fail", "inconclusive")]
+        for kind in (*CHECKS, "rollback")
+    }
+    for kind in CHECKS:
+        # a gate held while Vigil decides; a check lets the rollout go on meanwhile
+        assert got[kind] == ([409, 200, 412, 412] if kind in GATES else [200, 200, 412, 412]), kind
+    assert got["rollback"] == [409, 409, 200, 409]
+
+
 def test_a_live_request_is_pinned_once_and_a_replay_never() -> None:
     at = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)
     live = parse_request(
