@@ -12,10 +12,11 @@ Per metric, a :class:`~engine.guard.SeriesGuard` (the worker's factory: the dete
 
 The score is the guard's normalised score (1 = the opening threshold of the sensitivity; the request's
 sensitivity, direction and ignore thresholds replace the rule's, so the ML view and the sequential tests
-judge the same thing). A step is scored once the guard has learned ``min_samples`` reference samples (a
-detector that has seen two values has no spread yet). The report per metric: steps scored, the steps with
-a score >= 1 and their share, the highest score, the first step at >= 1, and the detector's expected value
-and band (raw score < 0.5) at the last step, beside the canary's value there.
+judge the same thing). The likelihood stage averages the judged series' own last raw scores, so a shift
+that lasts builds up as on the series itself. A step is scored once the guard has learned ``min_samples``
+reference samples (a detector that has seen two values has no spread yet). The report per metric: steps
+scored, the steps with a score >= 1 and their share, the highest score, the first step at >= 1, and the
+detector's expected value and band (raw score < 0.5) at the last step, beside the canary's value there.
 
 **Evidence only: the ML view never changes a verdict.** Its scores have no guarantee under repeated looks
 (the calibration's tail probability is per sample, and its distribution is fitted only after 100 samples
@@ -33,6 +34,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from engine.calibration import AVERAGE
 from engine.config import DetectionConfig, MetricRule, Sensitivity
 from engine.guard import SeriesGuard
 from engine.verification.judge import MetricReport, MetricSpec, Verdict
@@ -80,7 +82,17 @@ def _finite(v: float) -> float | None:
 class MetricView:
     """One metric: a guard that learns the reference and scores the judged series."""
 
-    __slots__ = ("anomalous", "detector", "first_ms", "guard", "last_ms", "last_value", "max_score", "steps")
+    __slots__ = (
+        "anomalous",
+        "detector",
+        "first_ms",
+        "guard",
+        "last_ms",
+        "last_value",
+        "max_score",
+        "recent",
+        "steps",
+    )
 
     def __init__(self, rule: MetricRule, detection: DetectionConfig) -> None:
         self.guard = SeriesGuard(rule, detection)
@@ -91,6 +103,9 @@ class MetricView:
         self.first_ms: int | None = None
         self.last_ms: int | None = None
         self.last_value: float | None = None
+        #: the judged series' own last raw scores: its moving average in the likelihood stage (a shift
+        #: that lasts builds up as it would on the series itself, not diluted by the reference's tail)
+        self.recent: list[float] = []
 
     def learn(self, ts_ms: int, value: float) -> None:
         """A reference sample (learned once per timestamp, in time order, as the worker learns)."""
@@ -104,9 +119,10 @@ class MetricView:
         if self.guard.detector.n < min_trained:
             return
         try:
-            s = self.guard.judge(value, ts_ms)
+            s, raw = self.guard.judge(value, ts_ms, self.recent)
         except ValueError:
             return
+        self.recent = [*self.recent, raw][-(AVERAGE - 1) :]  # what the likelihood averages with the next
         self.steps += 1
         self.max_score = max(self.max_score, s)
         if s >= 1.0:

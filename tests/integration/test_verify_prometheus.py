@@ -61,6 +61,11 @@ def test_no_change_with_realistic_noise_passes(config: Path) -> None:
     assert {m["result"] for m in doc["metrics"]} == {"pass"}
     assert all(i["health"] != "unhealthy" for i in doc["instances"])
     assert metric(doc, "http_latency_p95")["samples"] == 121
+    # the ML view (evidence only): the baseline's detector finds the canary's latency ordinary
+    for name in ("http_latency_p50", "http_latency_p95", "http_latency_p99"):
+        ml = metric(doc, name)["ml"]
+        assert (ml["trained"], ml["steps"], ml["anomalous"]) == (121, 102, 0), (name, ml)
+        assert ml["expected_band"][1] > ml["expected"] > 0
 
 
 def test_error_ratio_five_times_fails_early_blaming_it(config: Path) -> None:

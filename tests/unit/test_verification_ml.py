@@ -7,7 +7,10 @@ import datetime
 import random
 from typing import Any
 
+import pytest
+
 from connectors.verifier import Fetched, _Simple, ml_views, training_window
+from engine.calibration import Likelihood
 from engine.config import Sensitivity, VigilConfig
 from engine.verification import Judge, MetricSpec, Outcome
 from engine.verification.document import verdict_document
@@ -182,3 +185,22 @@ def test_before_after_and_load_test_learn_the_window_before() -> None:
     assert window is not None
     at = datetime.datetime(2026, 12, 2, 8, 0, tzinfo=datetime.UTC).timestamp() * 1000
     assert (window.start_ms, window.last_ms) == (at, at + 30 * 60_000)  # the earlier run
+
+
+def test_a_lasting_shift_builds_up_in_the_canary_s_own_moving_average() -> None:
+    """+60 % latency is ~5 sigma of the baseline's spread: no single step is overwhelming, but once the
+    likelihood is fitted (100 baseline samples) the canary's own average of raw scores stands out."""
+    for seed in range(5):
+        shifted = views_after(seed, latency=1.6).views[LATENCY.name].report(200)
+        clean = views_after(seed).views[LATENCY.name].report(200)
+        assert shifted.anomalous > 10 > clean.anomalous == 0, (seed, shifted, clean)
+        assert shifted.first_anomalous_ms is not None
+        assert shifted.first_anomalous_ms >= T0 + 99 * STEP_MS  # not before the likelihood is fitted
+
+
+def test_a_judged_series_is_never_learned_into_the_likelihood() -> None:
+    likelihood = Likelihood(tail_open=1e-5)
+    with pytest.raises(ValueError, match="never learned"):
+        likelihood.observe(0.5, learn=True, recent=[0.1])
+    assert likelihood.observe(0.5, learn=False, recent=[0.9] * 20) == 0.0  # not fitted yet
+    assert likelihood.recent == []
