@@ -278,7 +278,7 @@ def verify(
         str | None, typer.Option(help="before_after, load_test: label matchers of the service's series")
     ] = None,
     deployed_at: Annotated[
-        str | None, typer.Option(help="before_after: RFC 3339 time of the deploy (default --start)")
+        str | None, typer.Option(help="before_after: RFC 3339 time of the deploy (default: --start or now)")
     ] = None,
     baseline_start: Annotated[
         str | None, typer.Option(help="load_test: RFC 3339 start of the earlier run's window")
