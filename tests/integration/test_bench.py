@@ -65,3 +65,15 @@ def test_the_scale_bench_runs_on_apache_kafka(kafka: KafkaNode) -> None:
     assert "ratio 2 ingests / 1 ingest" in out
     assert "ratio 1 ingest / bare" in out
     assert "ratio 2 workers / 1 worker" in out
+
+
+def test_the_verification_bench_runs_with_the_ml_view() -> None:
+    out = run_bench(
+        "bench.verification", "--metrics", "4", "--instances", "2", "--steps", "30", "--runs", "1"
+    )
+    assert re.search(r"Vigil, per look: +[\d.]+ ms", out), out
+    found = re.search(
+        r"ML view \(detector per metric\), per look: ([\d.]+) ms .* flagged at some step: (\d+)/4", out
+    )
+    assert found, out
+    assert float(found.group(1)) > 0
