@@ -163,6 +163,32 @@ def training_window(plan: Plan) -> Window | None:
     return aligned(begin, begin + request.length_ms, round(plan.settings.step_s * 1000))
 
 
+def history_window(plan: Plan) -> Window | None:
+    """For a canary with ``ml_history``: the baseline's window the ML view learns before ``start``."""
+    request = plan.request
+    if request.ml_history is None:
+        return None
+    assert request.start is not None  # pinned by plan()
+    step_ms = round(plan.settings.step_s * 1000)
+    start = round(request.start.timestamp() * 1000)
+    return aligned(start - round(duration_s(request.ml_history) * 1000), start - step_ms, step_ms)
+
+
+async def learn_window(
+    client: PrometheusClient, plan: Plan, views: MLViews, role: str, window: Window
+) -> None:
+    """The ML view learns every metric's ``role`` aggregate over ``window`` (one range query each)."""
+    metrics = plan.metrics
+    answers = await asyncio.gather(
+        *(client.query_range(m.queries[role]["query"], window, name=f"{m.spec.name} ML") for m in metrics)
+    )
+    for m, result in zip(metrics, answers, strict=True):
+        points = _one_series(result, f"metric {m.spec.name} {role} query (ML view)")
+        for t in sorted(points):
+            if math.isfinite(points[t]):
+                views.learn(m.spec.name, t, points[t])
+
+
 class _Compared:
     """A judge of the window against its references, fed like :class:`Judge` from :func:`fetch_against`."""
 
@@ -173,28 +199,12 @@ class _Compared:
         self.judge = AgainstReferences([m.spec for m in plan.metrics], plan.settings, names)
         self.trained = False
 
-    async def _train(self, client: PrometheusClient) -> None:
-        """The ML view learns the whole reference window first (it lies before the judged one)."""
-        window = training_window(self.plan)
-        if window is None:
-            return
-        metrics = self.plan.metrics
-        answers = await asyncio.gather(
-            *(
-                client.query_range(m.queries["canary"]["query"], window, name=f"{m.spec.name} ML")
-                for m in metrics
-            )
-        )
-        for m, result in zip(metrics, answers, strict=True):
-            points = _one_series(result, f"metric {m.spec.name} reference query")
-            for t in sorted(points):
-                if math.isfinite(points[t]):
-                    self.views.learn(m.spec.name, t, points[t])
-
     async def fetch(self, client: PrometheusClient, window: Window) -> dict[str, Fetched]:
-        if not self.trained:
+        if not self.trained:  # the ML view learns the whole reference window first (it lies before)
             self.trained = True
-            await self._train(client)
+            reference = training_window(self.plan)
+            if reference is not None:
+                await learn_window(client, self.plan, self.views, "canary", reference)
         return await fetch_against(client, self.plan, window)
 
     def look(self, t: int, fetched: dict[str, Fetched]) -> Outcome | None:
@@ -217,8 +227,14 @@ class _Simple:
         self.plan = plan
         self.views = views
         self.judge = Judge([m.spec for m in plan.metrics], plan.settings)
+        self.trained = False
 
     async def fetch(self, client: PrometheusClient, window: Window) -> Fetched:
+        if not self.trained:  # with ml_history, the ML view learns the baseline before start first
+            self.trained = True
+            history = history_window(self.plan)
+            if history is not None:
+                await learn_window(client, self.plan, self.views, "baseline", history)
         return await fetch(client, self.plan, window)
 
     def look(self, t: int, fetched: Fetched) -> Outcome | None:

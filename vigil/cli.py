@@ -286,6 +286,10 @@ def verify(
     baseline_run: Annotated[
         str | None, typer.Option(help="load_test with --api: id or key of the earlier verification")
     ] = None,
+    ml_history: Annotated[
+        str | None,
+        typer.Option(help="canary: the ML view also learns the baseline this long before --start (e.g. 50m)"),
+    ] = None,
     pack: Annotated[list[str] | None, typer.Option(help="a metric pack (repeatable)")] = None,
     metric: Annotated[
         list[str] | None, typer.Option(help="NAME=QUERY with {{selector}} (repeatable)")
@@ -335,6 +339,7 @@ def verify(
             "deployed_at": deployed_at,
             "baseline_start": baseline_start,
             "baseline_run": baseline_run,
+            "ml_history": ml_history,
         }
         doc |= {k: v for k, v in optional.items() if v is not None}
         if instance_label is not None:

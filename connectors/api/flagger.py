@@ -4,9 +4,9 @@ checksum, metadata}``. The verification's fields come from ``metadata`` (strings
 and ``load_test`` ``selector`` (the service's matchers) with ``deployed_at`` (before_after; default: when
 the first call came) or one of ``baseline_start`` and ``baseline_run`` (load_test), ``service`` (default:
 the canary's name), ``pack`` (comma-separated, default http), ``duration`` (default 30m; or ``start`` and
-``end`` for a past window), ``source``, ``instance_label``, ``sensitivity``, ``step``. The request's own
-checks apply (a field of another type is a 400 naming it). Every call for one canary revision (name,
-namespace, checksum) is the same verification (its key).
+``end`` for a past window), ``source``, ``instance_label``, ``sensitivity``, ``step``, ``ml_history``.
+The request's own checks apply (a field of another type is a 400 naming it). Every call for one canary
+revision (name, namespace, checksum) is the same verification (its key).
 
 Flagger's semantics: for a check (``rollout``, ``pre-rollout``, ``post-rollout``), a 2xx lets the rollout go
 on and anything else counts as a failed check; a gate (``confirm-rollout``, ``confirm-traffic-increase``,
@@ -53,6 +53,7 @@ FIELDS = (
     "instance_label",
     "sensitivity",
     "step",
+    "ml_history",
 )
 
 

@@ -109,6 +109,8 @@ class Request(Frozen):
     pass_score: float | None = Field(default=None, ge=0, le=100)
     marginal_score: float | None = Field(default=None, ge=0, le=100)
     key: str | None = Field(default=None, min_length=1, max_length=200)
+    #: canary: the ML view also learns the baseline over this long before ``start`` (off by default)
+    ml_history: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -129,7 +131,7 @@ class Request(Frozen):
             selector(value)
         return value
 
-    @field_validator("step", "duration")
+    @field_validator("step", "duration", "ml_history")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None and not 1 <= duration_s(value) <= 86_400 * 7:
@@ -179,6 +181,8 @@ class Request(Frozen):
         for name in ("baseline", "canary", "selector", "deployed_at", "baseline_start", "baseline_run"):
             if name not in allowed and getattr(self, name) is not None:
                 raise ValueError(f"{name} is not a field of type {self.type}")
+        if self.ml_history is not None and self.type != "canary":
+            raise ValueError(f"ml_history is not a field of type {self.type} (it learns the window before)")
         if self.deployed_at is not None and self.start is not None and self.start < self.deployed_at:
             raise ValueError("start is before deployed_at: the window judged follows the deploy")
         if self.baseline_start is not None and self.start is not None and self.baseline_start >= self.start:

@@ -232,6 +232,26 @@ def test_flagger_gates_open_only_on_a_pass_and_checks_count_only_a_verdict() -> 
     assert got["rollback"] == [409, 409, 200, 409]
 
 
+def test_ml_history_is_a_canary_field_and_a_window_before_start() -> None:
+    from connectors.verifier import history_window
+
+    doc = {"service": "a", "baseline": 'v="1"', "canary": 'v="2"', "pack": ["http"]}
+    doc |= {"start": "2026-12-02T10:30:00Z", "end": "2026-12-02T11:00:00Z"}
+    config = VigilConfig.model_validate(
+        {"poller": {"sources": [{"name": "main", "url": "http://127.0.0.1:1"}]}}
+    )
+    window = history_window(plan(parse_request(doc | {"ml_history": "50m"}), config))
+    assert window is not None
+    start = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC).timestamp() * 1000
+    assert (window.start_ms, window.last_ms) == (start - 50 * 60_000, start - 15_000)
+    assert history_window(plan(parse_request(doc), config)) is None
+    with pytest.raises(ConfigError, match=r"ml_history: .*duration"):
+        parse_request(doc | {"ml_history": "forever"})
+    ba = {"service": "a", "type": "before_after", "selector": 'job="a"', "pack": ["http"], "duration": "5m"}
+    with pytest.raises(ConfigError, match="ml_history is not a field of type before_after"):
+        parse_request(ba | {"ml_history": "1h"})
+
+
 def test_a_live_request_is_pinned_once_and_a_replay_never() -> None:
     at = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)
     live = parse_request(
