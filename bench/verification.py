@@ -7,6 +7,8 @@ instances (A/A data, so nothing stops early), looked at after every one of ``--s
 
 * **Vigil** — :meth:`Judge.look` per step (sorted inserts, the pooled and per-instance sign e-processes, the
   Bonferroni thresholds), and one full :meth:`Judge.verdict` report at the end;
+* **ML view** — the detector per metric (the worker's default rule) learning the baseline's aggregate and
+  scoring the canary's at every step, as a verification does beside the judge;
 * **bare** — the same signs counted in plain Python lists and the same mixture e-value (the cached
   :func:`sign_log_e`) per metric and instance, with no thresholds, medians or bookkeeping.
 
@@ -28,8 +30,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
-from engine.config import Direction  # noqa: E402
+from engine.config import Direction, Sensitivity, VigilConfig  # noqa: E402
 from engine.verification import Judge, MetricSpec, Observation  # noqa: E402
+from engine.verification.ml import MLViews  # noqa: E402
 from engine.verification.sequential import sign_log_e  # noqa: E402
 
 
@@ -60,6 +63,22 @@ def vigil(specs: list[MetricSpec], steps: list[dict[str, Observation]]) -> tuple
     began = time.perf_counter()
     judge.verdict()
     return looked, time.perf_counter() - began
+
+
+def ml_view(specs: list[MetricSpec], steps: list[dict[str, Observation]]) -> tuple[float, int]:
+    """The ML view's share of a look (the worker's default detector per metric: learn the baseline's
+    aggregate, score the canary's), and how many A/A metrics it flagged at some step."""
+    config = VigilConfig()
+    views = MLViews(
+        specs, {s.name: config.rule_for(s.name) for s in specs}, config.detection, Sensitivity.MEDIUM
+    )
+    began = time.perf_counter()
+    for i, seen in enumerate(steps):
+        for name, o in seen.items():
+            views.learn(name, i * 15_000, o.baseline)
+            views.score(name, i * 15_000, o.canary)
+    took = time.perf_counter() - began
+    return took, sum(v.anomalous > 0 for v in views.views.values())
 
 
 def bare(steps: list[dict[str, Observation]]) -> float:
@@ -100,19 +119,28 @@ def main() -> None:
     print(machine())
     specs = [MetricSpec(f"m{m}", Direction.BOTH) for m in range(args.metrics)]
     steps = data(args.metrics, args.instances, args.steps, seed=1)
-    ours, reports, theirs = [], [], []
+    ours, reports, theirs, ml = [], [], [], []
+    flagged = 0
     for _ in range(args.runs):
         looked, report = vigil(specs, steps)
         ours.append(looked / args.steps)
         reports.append(report)
         theirs.append(bare(steps) / args.steps)
+        took, flagged = ml_view(specs, steps)
+        ml.append(took / args.steps)
     shape = f"{args.metrics} metrics x {args.instances}+{args.instances} instances"
     print(f"{shape}, {args.steps} looks, {args.runs} runs")
     print(f"Vigil, per look:         {spread(ours)}  -> {1 / statistics.median(ours):.1f} looks/s")
     print(f"bare sign test, per look: {spread(theirs)}  -> {1 / statistics.median(theirs):.1f} looks/s")
     print(f"Vigil's full report at the end: {spread(reports)}")
+    print(
+        f"ML view (detector per metric), per look: {spread(ml)}"
+        f" = {100 * statistics.median(ml) / statistics.median(ours):.1f} % of Vigil's look;"
+        f" A/A metrics it flagged at some step: {flagged}/{args.metrics}"
+    )
     print(f"ratio Vigil / bare per look: {statistics.median(ours) / statistics.median(theirs):.2f}")
-    verifications = 1 / (statistics.median(ours) + statistics.median(reports) / args.steps)
+    per_look = statistics.median(ours) + statistics.median(ml)
+    verifications = 1 / (per_look + statistics.median(reports) / args.steps)
     print(
         f"at one look per 15 s step, one core keeps up with about {verifications * 15:.0f} such verifications"
     )

@@ -20,6 +20,7 @@ from engine.config import VigilConfig
 from engine.errors import VigilError
 from engine.verification import Counts, Judge, Observation, Outcome, Verdict
 from engine.verification.compare import AgainstReferences
+from engine.verification.ml import MLViews
 from engine.verification.request import Plan, duration_s
 
 #: how long after a step a live run waits before asking for it (Prometheus' scrape and rule lag)
@@ -145,43 +146,114 @@ async def fetch_against(client: PrometheusClient, plan: Plan, window: Window) ->
     return out
 
 
+def ml_views(config: VigilConfig, plan: Plan) -> MLViews:
+    """The ML view of every metric: the detector of its ``rules`` entry (:mod:`engine.verification.ml`)."""
+    specs = [m.spec for m in plan.metrics]
+    rules = {spec.name: config.rule_for(spec.name) for spec in specs}
+    return MLViews(specs, rules, config.detection, plan.request.sensitivity, plan.settings.min_samples)
+
+
+def training_window(plan: Plan) -> Window | None:
+    """For ``before_after``/``load_test``: the window the ML view learns before the first step, the first
+    reference's (before the deploy, or the earlier run), as long as the judged window."""
+    request = plan.request
+    assert request.start is not None  # pinned by plan()
+    _, back = request.references()[0]
+    begin = round(request.start.timestamp() * 1000) - back
+    return aligned(begin, begin + request.length_ms, round(plan.settings.step_s * 1000))
+
+
+def history_window(plan: Plan) -> Window | None:
+    """For a canary with ``ml_history``: the baseline's window the ML view learns before ``start``."""
+    request = plan.request
+    if request.ml_history is None:
+        return None
+    assert request.start is not None  # pinned by plan()
+    step_ms = round(plan.settings.step_s * 1000)
+    start = round(request.start.timestamp() * 1000)
+    return aligned(start - round(duration_s(request.ml_history) * 1000), start - step_ms, step_ms)
+
+
+async def learn_window(
+    client: PrometheusClient, plan: Plan, views: MLViews, role: str, window: Window
+) -> None:
+    """The ML view learns every metric's ``role`` aggregate over ``window`` (one range query each)."""
+    metrics = plan.metrics
+    answers = await asyncio.gather(
+        *(client.query_range(m.queries[role]["query"], window, name=f"{m.spec.name} ML") for m in metrics)
+    )
+    for m, result in zip(metrics, answers, strict=True):
+        points = _one_series(result, f"metric {m.spec.name} {role} query (ML view)")
+        for t in sorted(points):
+            if math.isfinite(points[t]):
+                views.learn(m.spec.name, t, points[t])
+
+
 class _Compared:
     """A judge of the window against its references, fed like :class:`Judge` from :func:`fetch_against`."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, views: MLViews) -> None:
         self.plan = plan
+        self.views = views
         names = [name for name, _ in plan.request.references()]
         self.judge = AgainstReferences([m.spec for m in plan.metrics], plan.settings, names)
+        self.trained = False
 
     async def fetch(self, client: PrometheusClient, window: Window) -> dict[str, Fetched]:
+        if not self.trained:  # the ML view learns the whole reference window first (it lies before)
+            self.trained = True
+            reference = training_window(self.plan)
+            if reference is not None:
+                await learn_window(client, self.plan, self.views, "canary", reference)
         return await fetch_against(client, self.plan, window)
 
     def look(self, t: int, fetched: dict[str, Fetched]) -> Outcome | None:
-        return self.judge.look(t, {r: observations(self.plan, f, t) for r, f in fetched.items()})
+        seen = {r: observations(self.plan, f, t) for r, f in fetched.items()}
+        outcome = self.judge.look(t, seen)
+        first = next(iter(self.judge.judges.values()))
+        if first.no_traffic_since is None:  # a step without traffic is not judged, nor scored
+            for name, one in next(iter(seen.values()), {}).items():
+                self.views.score(name, t, one.canary)
+        return outcome
 
     def verdict(self, *, final: bool = True) -> Verdict:
-        return self.judge.verdict(final=final)
+        return self.views.annotate(self.judge.verdict(final=final))
 
 
 class _Simple:
     """A canary judge, with the same interface as :class:`_Compared`."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, views: MLViews) -> None:
         self.plan = plan
+        self.views = views
         self.judge = Judge([m.spec for m in plan.metrics], plan.settings)
+        self.trained = False
 
     async def fetch(self, client: PrometheusClient, window: Window) -> Fetched:
+        if not self.trained:  # with ml_history, the ML view learns the baseline before start first
+            self.trained = True
+            history = history_window(self.plan)
+            if history is not None:
+                await learn_window(client, self.plan, self.views, "baseline", history)
         return await fetch(client, self.plan, window)
 
     def look(self, t: int, fetched: Fetched) -> Outcome | None:
-        return self.judge.look(t, observations(self.plan, fetched, t))
+        seen = observations(self.plan, fetched, t)
+        outcome = self.judge.look(t, seen)
+        judged = self.judge.no_traffic_since is None  # a step without canary traffic is not judged
+        for name, one in seen.items():
+            self.views.learn(name, t, one.baseline)  # the baseline of this step first, then the canary
+            if judged:
+                self.views.score(name, t, one.canary)
+        return outcome
 
     def verdict(self, *, final: bool = True) -> Verdict:
-        return self.judge.verdict(final=final)
+        return self.views.annotate(self.judge.verdict(final=final))
 
 
-def _judge_for(plan: Plan) -> _Simple | _Compared:
-    return _Compared(plan) if plan.request.references() else _Simple(plan)
+def _judge_for(config: VigilConfig, plan: Plan) -> _Simple | _Compared:
+    views = ml_views(config, plan)
+    return _Compared(plan, views) if plan.request.references() else _Simple(plan, views)
 
 
 async def replay(
@@ -195,7 +267,7 @@ async def replay(
     window = aligned(round(request.start.timestamp() * 1000), round(request.end.timestamp() * 1000), step_ms)
     if window is None:
         raise VigilError(f"no step of {request.step} falls between start and end")
-    judge = _judge_for(plan)
+    judge = _judge_for(config, plan)
     source = next(s for s in config.poller.sources if s.name == plan.source)
     async with PrometheusClient(source) as client:
         fetched: Any = await judge.fetch(client, window)
@@ -224,7 +296,7 @@ async def live(
     begin = -(-begin // step_ms) * step_ms
     finish = begin + round(duration_s(request.duration) * 1000)
     total = (finish - begin) // step_ms + 1
-    judge = _judge_for(plan)
+    judge = _judge_for(config, plan)
     source = next(s for s in config.poller.sources if s.name == plan.source)
     next_ms, seen_steps = begin, 0
     async with PrometheusClient(source) as client:

@@ -28,6 +28,7 @@ kept as per-block sums and sums of squares, so it costs a few hundred bytes, not
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from types import MappingProxyType
 
 from engine.config import Direction, MetricRule, Sensitivity
@@ -109,9 +110,14 @@ class Likelihood:
         self.mean = 0.0
         self.var = 0.0  # 0: not fitted yet
 
-    def observe(self, raw: float, *, learn: bool = True) -> float:
-        """The normalised score of ``raw`` (the sample's raw score); ``learn`` adds it to the history."""
-        recent = self.recent
+    def observe(self, raw: float, *, learn: bool = True, recent: Sequence[float] | None = None) -> float:
+        """The normalised score of ``raw`` (the sample's raw score); ``learn`` adds it to the history.
+
+        ``recent``: the raw scores before ``raw`` of *another* series judged against this one's history
+        (a verification's canary against its baseline): its own moving average, not this series' tail."""
+        if recent is not None and learn:
+            raise ValueError("a series judged against this history is never learned")
+        recent = self.recent if recent is None else recent
         window = recent[len(recent) - self._average + 1 :] if len(recent) >= self._average else recent
         avg = (sum(window) + raw) / (len(window) + 1)
         score = 0.0
@@ -119,6 +125,7 @@ class Likelihood:
             z = max((avg - self.mean) / math.sqrt(self.var), 0.0)
             score = log_tail(z) / self._ln_open
         if learn:
+            recent = self.recent
             recent.append(raw)
             if len(recent) > self._average:
                 del recent[0]
@@ -207,10 +214,13 @@ class Calibrator:
         #: the overwhelming-raw-score path, for detectors whose raw score is in sigmas (sigma_score)
         self.overwhelming = overwhelming
 
-    def observe(self, x: float, raw: float, level: float, *, learn: bool = True) -> float:
-        """Normalised score of value ``x`` whose detector gave ``raw`` and expected ``level``."""
+    def observe(
+        self, x: float, raw: float, level: float, *, learn: bool = True, recent: Sequence[float] | None = None
+    ) -> float:
+        """Normalised score of value ``x`` whose detector gave ``raw`` and expected ``level``; ``recent``: see
+        :meth:`Likelihood.observe`."""
         score = max(
-            self.likelihood.observe(raw, learn=learn),
+            self.likelihood.observe(raw, learn=learn, recent=recent),
             self.extreme.observe(x, learn=learn),
             _odds(raw) / _ODDS_OPEN if self.overwhelming else 0.0,
         )

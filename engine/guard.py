@@ -21,6 +21,7 @@ resolves an open anomaly but keeps the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -144,6 +145,15 @@ class SeriesGuard:
         """The score ``value`` (at ``ts_ms``) would be reported with now, without learning it or changing
         any state (a point whose timestamp does not advance is judged, never learned)."""
         return self._reported(self._normalised(value, ts_ms, learn=False))
+
+    def judge(self, value: float, ts_ms: int | None, recent: Sequence[float]) -> tuple[float, float]:
+        """(normalised score, raw score) of ``value`` of *another* series judged against this one, whose
+        raw scores before it were ``recent``: never learned, no state changed, undamped and also while
+        learning. What a verification's ML view reads (:mod:`engine.verification.ml`) of its canary."""
+        detector = self.detector
+        raw = detector.score_value(value, ts_ms)
+        level = detector.level_at(ts_ms)
+        return self.calibrator.observe(value, raw, level, learn=False, recent=recent), raw
 
     def observe(self, ts_ms: int, value: float) -> Transition | None:
         """Score ``value``, update the state, learn it. Returns the transition it caused, if any.

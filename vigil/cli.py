@@ -300,13 +300,17 @@ def verify(
         str | None, typer.Option(help="before_after, load_test: label matchers of the service's series")
     ] = None,
     deployed_at: Annotated[
-        str | None, typer.Option(help="before_after: RFC 3339 time of the deploy (default --start)")
+        str | None, typer.Option(help="before_after: RFC 3339 time of the deploy (default: --start or now)")
     ] = None,
     baseline_start: Annotated[
         str | None, typer.Option(help="load_test: RFC 3339 start of the earlier run's window")
     ] = None,
     baseline_run: Annotated[
         str | None, typer.Option(help="load_test with --api: id or key of the earlier verification")
+    ] = None,
+    ml_history: Annotated[
+        str | None,
+        typer.Option(help="canary: the ML view also learns the baseline this long before --start (e.g. 50m)"),
     ] = None,
     pack: Annotated[list[str] | None, typer.Option(help="a metric pack (repeatable)")] = None,
     metric: Annotated[
@@ -357,6 +361,7 @@ def verify(
             "deployed_at": deployed_at,
             "baseline_start": baseline_start,
             "baseline_run": baseline_run,
+            "ml_history": ml_history,
         }
         doc |= {k: v for k, v in optional.items() if v is not None}
         if instance_label is not None:

@@ -11,7 +11,7 @@ from connectors.verifier import verify
 from engine.config import VigilConfig
 from engine.errors import ConfigError
 from engine.verification import Outcome, Verdict
-from engine.verification.document import verdict_document
+from engine.verification.document import ml_document, verdict_document
 from engine.verification.judge import clock
 from engine.verification.request import duration_s, parse_request, plan
 
@@ -31,8 +31,32 @@ def parse_metric(text: str) -> dict[str, str]:
     return {"name": name.strip(), "query": query.strip()}
 
 
+#: the ML view (evidence only): steps at a normalised score >= 1 of those scored, the highest score, and
+#: the band the detector trained on the baseline expected at the last step
+ML_COLUMNS = ("ML >=1", "ML max", "ML expected")
+
+
+def ml_cells(ml: object) -> tuple[str, str, str]:
+    """The ML view's cells of one metric, from its document (``None``: no view).
+
+    >>> ml_cells({"anomalous": 2, "steps": 120, "max_score": 1.5, "expected_band": [None, 0.2]})
+    ('2/120', '1.5', '[-, 0.2]')
+    """
+    if not isinstance(ml, dict):
+        return ("-", "-", "-")
+
+    def n(v: object) -> str:
+        return "-" if not isinstance(v, int | float) else f"{v:.4g}"
+
+    low, high = (ml.get("expected_band") or [None, None])[:2]
+    share = f"{ml.get('anomalous')}/{ml.get('steps')}"
+    return (share, n(ml.get("max_score")), f"[{n(low)}, {n(high)}]")
+
+
 def table(verdict: Verdict) -> str:
-    rows = [("metric", "result", "samples", "baseline", "canary", "shift CI", "ignore <", "e-value")]
+    rows = [
+        ("metric", "result", "samples", "baseline", "canary", "shift CI", "ignore <", "e-value", *ML_COLUMNS)
+    ]
 
     def n(v: float | None) -> str:
         return "-" if v is None else f"{v:.4g}"
@@ -51,6 +75,7 @@ def table(verdict: Verdict) -> str:
                 f"[{n(m.shift_low)}, {n(m.shift_high)}]",
                 n(m.threshold),
                 n(m.e_value),
+                *ml_cells(ml_document(m.ml)),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -111,7 +136,9 @@ async def run_verify(
 
 def doc_table(doc: dict[str, Any]) -> str:
     """The evidence table from an API document (as :func:`table` prints a verdict)."""
-    rows = [("metric", "result", "samples", "baseline", "canary", "shift CI", "ignore <", "e-value")]
+    rows = [
+        ("metric", "result", "samples", "baseline", "canary", "shift CI", "ignore <", "e-value", *ML_COLUMNS)
+    ]
 
     def n(v: object) -> str:
         return "-" if not isinstance(v, int | float) else f"{v:.4g}"
@@ -132,6 +159,7 @@ def doc_table(doc: dict[str, Any]) -> str:
                 f"[{n(low)}, {n(high)}]",
                 n(m.get("ignore_threshold")),
                 n(m.get("e_value")),
+                *ml_cells(m.get("ml")),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import logging
 import time
@@ -218,6 +219,9 @@ class Jobs:
         earlier_run = request.baseline_run
         if earlier_run is not None:
             request = self.against_run(request, earlier_run)
+        # a live job's start (and deployed_at) fixed now, in its document: a replica that takes it over
+        # judges the same window
+        request = request.pinned(datetime.datetime.now(datetime.UTC))
         plan(request, self.config)  # unknown source or pack: refused before anything is written
         doc: dict[str, Any] = {
             "id": ident,

@@ -6,12 +6,32 @@ import math
 from typing import Any
 
 from engine.verification.judge import Verdict, clock
+from engine.verification.ml import MLReport
 
 
 def _number(v: float | None) -> float | None:
     if v is None or not math.isfinite(v):
         return None
     return float(f"{v:.6g}")
+
+
+def ml_document(ml: MLReport | None) -> dict[str, Any] | None:
+    """A metric's ML view (evidence only); the band is null on a side that is no risk."""
+    if ml is None:
+        return None
+    return {
+        "detector": ml.detector,
+        "trained": ml.trained,
+        "learning": ml.learning,
+        "steps": ml.steps,
+        "anomalous": ml.anomalous,
+        "anomalous_share": _number(ml.share),
+        "max_score": _number(ml.max_score),
+        "first_anomalous_at": None if ml.first_anomalous_ms is None else clock(ml.first_anomalous_ms),
+        "expected": _number(ml.expected),
+        "expected_band": [_number(ml.expected_low), _number(ml.expected_high)],
+        "last_value": _number(ml.last_value),
+    }
 
 
 def verdict_document(verdict: Verdict) -> dict[str, Any]:
@@ -40,6 +60,7 @@ def verdict_document(verdict: Verdict) -> dict[str, Any]:
                 "mann_whitney_p_fixed": _number(m.p_fixed),
                 "baseline_rate": _number(m.baseline_rate),
                 "canary_rate": _number(m.canary_rate),
+                "ml": ml_document(m.ml),
             }
             for m in verdict.metrics
         ],

@@ -23,10 +23,14 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from engine.config import Direction, MetricType, Sensitivity
 from engine.verification.sequential import RateTest, sign_bound, sign_log_e
 from engine.verification.statistics import mann_whitney
+
+if TYPE_CHECKING:
+    from engine.verification.ml import MLReport
 
 ALPHA = {Sensitivity.LOW: 0.001, Sensitivity.MEDIUM: 0.01, Sensitivity.HIGH: 0.05}
 
@@ -135,6 +139,8 @@ class MetricReport:
     p_fixed: float | None = None
     baseline_rate: float | None = None
     canary_rate: float | None = None
+    #: the ML view (evidence only, never part of the verdict): :mod:`engine.verification.ml`
+    ml: MLReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

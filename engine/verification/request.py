@@ -109,6 +109,8 @@ class Request(Frozen):
     pass_score: float | None = Field(default=None, ge=0, le=100)
     marginal_score: float | None = Field(default=None, ge=0, le=100)
     key: str | None = Field(default=None, min_length=1, max_length=200)
+    #: canary: the ML view also learns the baseline over this long before ``start`` (off by default)
+    ml_history: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -129,7 +131,7 @@ class Request(Frozen):
             selector(value)
         return value
 
-    @field_validator("step", "duration")
+    @field_validator("step", "duration", "ml_history")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None and not 1 <= duration_s(value) <= 86_400 * 7:
@@ -162,9 +164,10 @@ class Request(Frozen):
         return self
 
     def _fields_of_the_type(self) -> None:
-        needs = {
+        needs: tuple[str, ...] = {
             "canary": ("baseline", "canary"),
-            "before_after": ("selector", "deployed_at"),
+            # live, deployed_at defaults to start, and start to the time the verification is created
+            "before_after": ("selector", "deployed_at") if self.end is not None else ("selector",),
             "load_test": ("selector",),
         }[self.type]
         for name in needs:
@@ -174,17 +177,36 @@ class Request(Frozen):
             if (self.baseline_start is None) == (self.baseline_run is None):
                 raise ValueError("type load_test needs one of baseline_start and baseline_run")
             needs = ("selector", "baseline_start", "baseline_run")
+        allowed = ("selector", "deployed_at") if self.type == "before_after" else needs
         for name in ("baseline", "canary", "selector", "deployed_at", "baseline_start", "baseline_run"):
-            if name in needs:
-                continue
-            if getattr(self, name) is not None:
+            if name not in allowed and getattr(self, name) is not None:
                 raise ValueError(f"{name} is not a field of type {self.type}")
-        if self.type != "canary" and self.start is None:
-            raise ValueError(f"type {self.type} needs start (the window judged)")
+        if self.ml_history is not None and self.type != "canary":
+            raise ValueError(f"ml_history is not a field of type {self.type} (it learns the window before)")
         if self.deployed_at is not None and self.start is not None and self.start < self.deployed_at:
             raise ValueError("start is before deployed_at: the window judged follows the deploy")
         if self.baseline_start is not None and self.start is not None and self.baseline_start >= self.start:
             raise ValueError("baseline_start is not before start: the earlier run comes first")
+
+    def pinned(self, now: datetime.datetime) -> Request:
+        """A live request with what moves fixed at ``now`` (its creation): ``start`` and, for
+        ``before_after``, ``deployed_at`` (= ``start``). A replica taking the job over then judges the same
+        window, and the references of a before/after stay where they were. A replay is returned as is.
+
+        >>> at = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)
+        >>> live = parse_request({"service": "a", "type": "before_after", "selector": 'job="a"',
+        ...                       "pack": ["http"], "duration": "30m"}).pinned(at)
+        >>> live.start == live.deployed_at == at
+        True
+        """
+        if self.end is not None:
+            return self
+        update: dict[str, datetime.datetime] = {}
+        if self.start is None:
+            update["start"] = now
+        if self.type == "before_after" and self.deployed_at is None:
+            update["deployed_at"] = self.start or now
+        return parse_request(self.model_dump() | update) if update else self  # checked again, as pinned
 
     @property
     def step_s(self) -> float:
@@ -308,8 +330,10 @@ def stride_of(queries: list[str], step_s: float) -> int:
     return max(1, math.ceil(widest / step_s))
 
 
-def plan(request: Request, config: VigilConfig) -> Plan:
-    """The queries and judging rules of ``request`` under ``config``; ConfigError for an unknown source."""
+def plan(request: Request, config: VigilConfig, *, now: datetime.datetime | None = None) -> Plan:
+    """The queries and judging rules of ``request`` under ``config``; ConfigError for an unknown source.
+    A live request is pinned at ``now`` (default: the clock), see :meth:`Request.pinned`."""
+    request = request.pinned(now or datetime.datetime.now(datetime.UTC))
     if request.baseline_run is not None:
         raise ConfigError(
             "baseline_run: an earlier verification is looked up by the API (vigil verify --api);"

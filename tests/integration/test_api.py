@@ -403,10 +403,23 @@ async def test_flagger_webhooks(server: ApiServer) -> None:
             assert (await r.json())["state"] == "pass"
         async with session.post(hook + "rollback", json=flagger_payload("clean")) as r:
             assert r.status == 409
+        # the other types through metadata: the leak pods' memory after 10:17 against before it
+        before_after = {"type": "before_after", "selector": 'version="v42"', "pack": "process"}
+        before_after |= {"deployed_at": "2026-12-02T10:17:00Z", "end": END}
+        payload = flagger_payload("leak") | {"checksum": "ba"}
+        payload["metadata"] = before_after
+        async with session.post(hook + "confirm-promotion", json=payload) as r:
+            judged = (await r.json())["id"]
+        doc = await done(session, server.url, judged)
+        assert (doc["type"], doc["verdict"]) == ("before_after", "fail"), doc["reason"]
+        async with session.post(hook + "confirm-promotion", json=payload) as r:
+            assert r.status == 412
+            assert "before the deploy" in (await r.json())["reason"]
         for kind, body, status in [
             ("rollout", {"namespace": "shop"}, 400),
             ("rollout", flagger_payload("x", colour="blue"), 400),
             ("rollout", flagger_payload("x", pack="nope"), 400),
+            ("rollout", flagger_payload("x", type="before_after"), 400),  # baseline: not of that type
             ("nonsense", flagger_payload("x"), 404),
         ]:
             async with session.post(hook + kind, json=body) as r:

@@ -25,6 +25,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.timeout(
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = yaml.safe_load((ROOT / "config" / "argo" / "analysis-template.yaml").read_text())
+#: the other analysis types, one template each (their bodies differ in fields, so no template serves two)
+TEMPLATES = {
+    kind: yaml.safe_load((ROOT / "config" / "argo" / f"analysis-template-{kind}.yaml").read_text())
+    for kind in ("before-after", "load-test")
+}
 
 assert shutil.which("go"), "needs the Go toolchain (tests/argo evaluates Argo's conditions with its library)"
 
@@ -124,3 +129,82 @@ async def test_a_late_verification_is_inconclusive_for_argo(evaluator: Path) -> 
     states = [state_of(running, due), state_of(running, due + int(LATE_S * 1000) + 1)]
     assert states == ["running", "late"]
     assert phases(evaluator, metric, states) == ["Successful", "Inconclusive"]
+
+
+async def test_the_before_after_and_load_test_templates_give_argo_the_right_phase(
+    server: ApiServer, evaluator: Path
+) -> None:
+    """The generated data have no deploy, but the ``leak`` canary pods' memory grows 1 % a minute: later
+    against earlier is a regression, which ``clean`` pods do not show; a 2-minute window is too short."""
+    (canary_metric,) = TEMPLATE["spec"]["metrics"]
+    measured: dict[str, list[str]] = {}
+    for kind, template in TEMPLATES.items():
+        (metric,) = template["spec"]["metrics"]
+        for field in ("successCondition", "failureCondition", "interval", "count", "failureLimit"):
+            assert metric[field] == canary_metric[field], (kind, field)  # one reading for every type
+        defaults = {a["name"]: a.get("value", "") for a in template["spec"]["args"]}
+        measured[kind] = []
+        if kind == "load-test":  # the earlier run: any verification with a start, by its key
+            first = {"service": "leak", "baseline": 'version="v41"', "canary": 'version="v42"'}
+            first |= {"pack": ["process"], "start": "2026-12-02T10:02:00Z", "end": "2026-12-02T10:12:00Z"}
+            for service in ("leak", "clean"):
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        f"{server.url}/api/v1/verifications",
+                        json=first | {"service": service, "key": f"{service}-load-test-1"},
+                    ) as r,
+                ):
+                    assert r.status == 201, await r.text()
+        windows = {
+            "before-after": [
+                ("leak", {"deployed_at": "2026-12-02T10:17:00Z", "end": END}),
+                ("clean", {"deployed_at": "2026-12-02T10:17:00Z", "end": END}),
+                ("clean", {"deployed_at": "2026-12-02T10:30:00Z", "end": END}),
+            ],
+            "load-test": [
+                ("leak", {"start": "2026-12-02T10:20:00Z", "end": "2026-12-02T10:30:00Z"}),
+                ("clean", {"start": "2026-12-02T10:20:00Z", "end": "2026-12-02T10:30:00Z"}),
+                ("clean", {"start": "2026-12-02T10:30:00Z", "end": END}),
+            ],
+        }[kind]
+        for i, (service, replay) in enumerate(windows):
+            args = defaults | {
+                "service": service,
+                "selector": 'version="v42"',
+                "pack": "process",
+                "revision": f"r{i}",
+                "run": f"{i + 2}",
+                "baseline-run-id": "1",
+            }
+            web = render(metric["provider"]["web"], args)
+            measured[kind].append(await measure(server, web, replay))
+        # live, the first answer comes before any verdict (deployed_at: the time of this first call)
+        live_args = defaults | {
+            "service": "fewerrors",
+            "selector": 'version="v42"',
+            "revision": "live",
+            "run": "live",
+            "baseline-run-id": "1",
+        }
+        if kind == "load-test":
+            live_args["service"] = "clean"
+        live = render(metric["provider"]["web"], live_args)
+        live["url"] = live["url"].replace("wait_s=50", "wait_s=0")
+        measured[kind].append(await measure(server, live, {}))
+    expected = ["fail", "pass", "inconclusive", "running"]
+    assert measured == {"before-after": expected, "load-test": expected}
+    for kind, (metric,) in ((k, t["spec"]["metrics"]) for k, t in TEMPLATES.items()):
+        got = phases(evaluator, metric, measured[kind])
+        assert got == ["Failed", "Successful", "Inconclusive", "Successful"], kind
+    # an earlier run nobody knows is a 400 (Argo counts it as an Error of the measurement, never a pass)
+    (metric,) = TEMPLATES["load-test"]["spec"]["metrics"]
+    defaults = {a["name"]: a.get("value", "") for a in TEMPLATES["load-test"]["spec"]["args"]}
+    args = defaults | {"service": "clean", "selector": 'version="v42"', "run": "9", "baseline-run-id": "nope"}
+    web = render(metric["provider"]["web"], args)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.url}/api/{web['url'].split('/api/', 1)[1]}", json=web["jsonBody"]) as r,
+    ):
+        assert r.status == 400
+        assert "baseline_run" in (await r.json())["reason"]

@@ -95,12 +95,23 @@ def test_a_regression_after_the_deploy_fails_blaming_the_metric(prometheus: Prom
     assert latency.regression
     assert verdict.decided_at_ms is not None
     assert verdict.decided_at_ms <= (DEPLOY + 600) * 1000
+    # the ML view, trained on the 30 minutes before the deploy, finds every step after it unusual
+    ml = latency.ml
+    assert ml is not None
+    assert ml.trained == 121
+    assert ml.steps > 0
+    assert ml.anomalous == ml.steps
+    assert ml.expected is not None
+    assert abs(ml.expected - 0.1) < 0.01  # what it would look like without the deploy
 
 
 def test_no_change_passes(prometheus: Prometheus) -> None:
     verdict = judge(prometheus, request("same"))
     assert verdict.outcome is Outcome.PASS, verdict.reason
     assert verdict.metrics[0].result == "pass"
+    ml = verdict.metrics[0].ml
+    assert ml is not None
+    assert (ml.steps, ml.anomalous) == (121, 0)
 
 
 def test_a_daily_pattern_passes(prometheus: Prometheus) -> None:

@@ -83,3 +83,15 @@ def test_the_alerting_bench_measures_the_delay_to_alertmanager() -> None:
     assert int(vigil.group(3)) == 3  # every series raised its alert
     assert float(vigil.group(1).replace(",", "")) > 0
     assert "ratio of medians vigil / bare" in out
+
+
+def test_the_verification_bench_runs_with_the_ml_view() -> None:
+    out = run_bench(
+        "bench.verification", "--metrics", "4", "--instances", "2", "--steps", "30", "--runs", "1"
+    )
+    assert re.search(r"Vigil, per look: +[\d.]+ ms", out), out
+    found = re.search(
+        r"ML view \(detector per metric\), per look: ([\d.]+) ms .* flagged at some step: (\d+)/4", out
+    )
+    assert found, out
+    assert float(found.group(1)) > 0

@@ -61,6 +61,11 @@ def test_no_change_with_realistic_noise_passes(config: Path) -> None:
     assert {m["result"] for m in doc["metrics"]} == {"pass"}
     assert all(i["health"] != "unhealthy" for i in doc["instances"])
     assert metric(doc, "http_latency_p95")["samples"] == 121
+    # the ML view (evidence only): the baseline's detector finds the canary's latency ordinary
+    for name in ("http_latency_p50", "http_latency_p95", "http_latency_p99"):
+        ml = metric(doc, name)["ml"]
+        assert (ml["trained"], ml["steps"], ml["anomalous"]) == (121, 102, 0), (name, ml)
+        assert ml["expected_band"][1] > ml["expected"] > 0
 
 
 def test_error_ratio_five_times_fails_early_blaming_it(config: Path) -> None:
@@ -144,3 +149,15 @@ def test_too_short_a_run_is_inconclusive_saying_what_is_missing(config: Path) ->
     assert result.exit_code == 3, result.output
     doc = orjson.loads(result.stdout.splitlines()[-1])
     assert "http_error_ratio: 13 samples, need 20" in doc["missing"]
+
+
+def test_ml_history_lets_the_ml_view_learn_the_baseline_before_start(config: Path) -> None:
+    args = ["--pack", "process", "--start", "2026-12-02T10:10:00Z", "--no-fail-fast"]
+    _, plain, _ = verify(config, "leak", *args)
+    _, longer, output = verify(config, "leak", *args, "--ml-history", "8m")
+    for name in ("http_latency_p95", "process_memory_bytes"):
+        without, learned = metric(plain, name)["ml"], metric(longer, name)["ml"]
+        assert learned["trained"] == without["trained"] + 32, (name, output)  # 10:02:00 ... 10:09:45
+        assert learned["steps"] > without["steps"]  # scored from start: min_samples already learned
+    assert longer["verdict"] == plain["verdict"] == "fail"  # evidence only: the verdict is the tests'
+    assert longer["reason"] == plain["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,110 @@ def test_the_flagger_example_speaks_to_these_routes() -> None:
         request = parse_request(request_of(payload))
         assert request.duration == "30m"
         assert request.pack == ("http", "process")
+
+
+def test_flagger_metadata_asks_for_every_type_of_verification() -> None:
+    from connectors.api.flagger import request_of
+
+    def asked(**metadata: str) -> Any:
+        payload = {"name": "checkout", "namespace": "shop", "checksum": "9", "metadata": metadata}
+        return parse_request(request_of(payload))
+
+    before = asked(type="before_after", selector='job="checkout"', pack="http,process")
+    assert (before.type, before.selector, before.duration) == ("before_after", 'job="checkout"', "30m")
+    assert before.deployed_at is None  # live: the time of the first call, pinned when the job is created
+    at = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)
+    pinned = before.pinned(at)
+    assert pinned.deployed_at == pinned.start == at
+    assert pinned.references()[0] == ("before the deploy", 30 * 60_000)
+    replay = asked(
+        type="before_after",
+        selector='job="a"',
+        deployed_at="2026-12-02T10:30:00Z",
+        end="2026-12-02T11:00:00Z",
+    )
+    assert replay.start == replay.deployed_at
+    load = asked(type="load_test", selector='job="a"', baseline_run="checkout-load-test-41")
+    assert load.baseline_run == "checkout-load-test-41"
+    assert asked(type="load_test", selector='job="a"', baseline_start="2026-12-01T10:00:00Z").baseline_start
+    for metadata, reason in [
+        ({"type": "before_after", "baseline": 'v="1"', "selector": 'job="a"'}, "baseline is not a field"),
+        ({"type": "load_test", "selector": 'job="a"'}, "needs one of baseline_start and baseline_run"),
+        ({"type": "before_after"}, "needs selector"),
+        (
+            {
+                "type": "before_after",
+                "selector": 'job="a"',
+                "end": "2026-12-02T11:00:00Z",
+                "start": "2026-12-02T10:00:00Z",
+            },
+            "needs deployed_at",
+        ),
+        ({"type": "blue", "selector": 'job="a"'}, "type"),
+        ({"type": "before_after", "selector": 'job="a"', "deployed_at": "yesterday"}, "deployed_at"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            asked(**metadata)
+
+
+def test_flagger_gates_open_only_on_a_pass_and_checks_count_only_a_verdict() -> None:
+    from connectors.api.flagger import CHECKS, GATES, answer
+
+    def doc(verdict: str | None) -> dict[str, Any]:
+        return {"verdict": verdict, "status": "running" if verdict is None else "done", "reason": "r"}
+
+    got = {
+        kind: [answer(kind, doc(v))[0] for v in (None, "pass", "fail", "inconclusive")]
+        for kind in (*CHECKS, "rollback")
+    }
+    for kind in CHECKS:
+        # a gate held while Vigil decides; a check lets the rollout go on meanwhile
+        assert got[kind] == ([409, 200, 412, 412] if kind in GATES else [200, 200, 412, 412]), kind
+    assert got["rollback"] == [409, 409, 200, 409]
+
+
+def test_ml_history_is_a_canary_field_and_a_window_before_start() -> None:
+    from connectors.verifier import history_window
+
+    doc = {"service": "a", "baseline": 'v="1"', "canary": 'v="2"', "pack": ["http"]}
+    doc |= {"start": "2026-12-02T10:30:00Z", "end": "2026-12-02T11:00:00Z"}
+    config = VigilConfig.model_validate(
+        {"poller": {"sources": [{"name": "main", "url": "http://127.0.0.1:1"}]}}
+    )
+    window = history_window(plan(parse_request(doc | {"ml_history": "50m"}), config))
+    assert window is not None
+    start = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC).timestamp() * 1000
+    assert (window.start_ms, window.last_ms) == (start - 50 * 60_000, start - 15_000)
+    assert history_window(plan(parse_request(doc), config)) is None
+    with pytest.raises(ConfigError, match=r"ml_history: .*duration"):
+        parse_request(doc | {"ml_history": "forever"})
+    ba = {"service": "a", "type": "before_after", "selector": 'job="a"', "pack": ["http"], "duration": "5m"}
+    with pytest.raises(ConfigError, match="ml_history is not a field of type before_after"):
+        parse_request(ba | {"ml_history": "1h"})
+
+
+def test_a_live_request_is_pinned_once_and_a_replay_never() -> None:
+    at = datetime.datetime(2026, 12, 2, 10, 30, tzinfo=datetime.UTC)
+    live = parse_request(
+        {"service": "a", "baseline": 'v="1"', "canary": 'v="2"', "pack": ["http"], "duration": "5m"}
+    )
+    pinned = live.pinned(at)
+    assert pinned.start == at
+    assert pinned.pinned(at + datetime.timedelta(hours=1)) == pinned  # a take-over keeps the window
+    replay = live.model_copy(update={"start": at, "end": at + datetime.timedelta(minutes=5)})
+    assert replay.pinned(at + datetime.timedelta(hours=1)) is replay
+    load = parse_request(
+        {
+            "service": "a",
+            "type": "load_test",
+            "selector": 'job="a"',
+            "pack": ["http"],
+            "duration": "5m",
+            "baseline_start": "2026-12-02T11:00:00Z",
+        }
+    )
+    with pytest.raises(ConfigError, match="baseline_start is not before start"):
+        load.pinned(at)  # checked again once its start is known
 
 
 def test_vigil_api_with_kafka_away_exits_1_so_vigil_run_restarts_it(tmp_path: Path) -> None:
