@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -251,7 +252,9 @@ class ModelBank:
         rule = self.rule_for(series.metric)
         guard = unit.guards.get((series.metric, series.instance))
         if guard is None:
-            guard = unit.guards[(series.metric, series.instance)] = self._new_guard(unit, series.metric, rule)
+            first = next(((ts, v) for ts, v in series.points if v is not None), None)
+            guard = self._new_guard(unit, series.metric, rule, first)
+            unit.guards[(series.metric, series.instance)] = guard
         self.dirty.add(key)
         events = []
         counts = self.counts
@@ -272,20 +275,24 @@ class ModelBank:
                 trace.append((guard.score, opened))
         return events
 
-    def _new_guard(self, unit: Unit, metric: str, rule: MetricRule) -> SeriesGuard:
-        """A guard for a new instance of ``metric``: with ``detection.inherit_models``, its detector and
+    def _new_guard(
+        self, unit: Unit, metric: str, rule: MetricRule, first: tuple[int, float] | None
+    ) -> SeriesGuard:
+        """A guard for a new instance of ``metric``. With ``detection.inherit_models``, its detector and
         calibration start as a copy of those of the instance of ``metric`` in this unit that has learned
-        most and has no anomaly open (its episode state, watermark and score start fresh)."""
+        most and has no anomaly open — if that model finds the new instance's ``first`` (time, value)
+        normal (a score below the opening threshold); an instance unlike the others (a node with another
+        disk size) learns from nothing. Episode state, watermark and score start fresh."""
         detection = self.config.detection
         guard = SeriesGuard(rule, detection)
-        if not detection.inherit_models:
+        if not detection.inherit_models or first is None:
             return guard
         donor: SeriesGuard | None = None
         for (m, _), g in unit.guards.items():
             learned = m == metric and not g.is_open and g.detector.n >= detection.warmup
             if learned and (donor is None or g.detector.n > donor.detector.n):
                 donor = g
-        if donor is not None:
+        if donor is not None and math.isfinite(first[1]) and donor.peek(first[1], first[0]) < 1.0:
             plain.apply(guard.detector, plain.dump(donor.detector))
             plain.apply(guard.calibrator, plain.dump(donor.calibrator))
             self.inherits += 1

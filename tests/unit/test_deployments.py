@@ -214,6 +214,16 @@ def test_without_inheritance_or_a_learned_instance_a_new_instance_learns_from_no
         assert bank.inherits == 0
 
 
+def test_an_instance_unlike_the_learned_one_learns_from_nothing() -> None:
+    rng = random.Random(6)
+    bank = with_detection(inherit_models=True)
+    bank.observe(Series("node", "disk_free_bytes", "node-a", noisy(rng, 400, 0)))
+    bank.observe(Series("node", "disk_free_bytes", "node-b", noisy(rng, 5, 400, level=5000.0)))
+    guard = next(iter(bank.units.values())).guards[("disk_free_bytes", "node-b")]
+    assert guard.state is SeriesState.LEARNING
+    assert bank.inherits == 0
+
+
 def test_an_instance_with_an_open_anomaly_is_not_copied() -> None:
     rng = random.Random(5)
     bank = with_detection(inherit_models=True)
