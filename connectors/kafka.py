@@ -87,12 +87,13 @@ async def ensure_topics(
 
 def topic_names(config: KafkaConfig) -> list[str]:
     t = config.topics
-    return [t.samples, t.verdicts, t.deadletter, t.metadata, t.poller_state, t.verifications]
+    return [t.samples, t.verdicts, t.deadletter, t.metadata, t.poller_state, t.verifications, t.status]
 
 
 def compacted_topics(config: KafkaConfig) -> list[str]:
     """The topics of :func:`topic_names` that are compacted."""
-    return [config.topics.metadata, config.topics.poller_state, config.topics.verifications]
+    t = config.topics
+    return [t.metadata, t.poller_state, t.verifications, t.status]
 
 
 async def start_producer(config: KafkaConfig, **overrides: object) -> AIOKafkaProducer:
