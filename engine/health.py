@@ -7,7 +7,7 @@ else 1 (one pod out of many). Per metric, only its widest breadth counts once: t
 3 of 4 pods is one service-wide anomaly, not three.
 
 * ``unhealthy``: 3 points or more — errors or latency across the service; errors or latency on one pod plus
-  anything else; three service-wide custom anomalies.
+  another metric's anomaly (anything but a custom metric on one pod); three service-wide custom anomalies.
 * ``observe``: more than 0 and less than 3 points — something unusual but minor: errors on one pod of
   many, throughput across the service, custom metrics.
 * ``healthy``: no open anomaly, and at least one series past learning.
