@@ -96,7 +96,8 @@ def test_an_instance_takes_every_anomaly_at_full_breadth() -> None:
 
 def test_since_is_when_the_open_anomalies_in_opening_order_reached_the_state() -> None:
     opened = [a("c", "p1", C, at=100), a("e", "p2", E, at=200), a("t", "p3", T, at=300)]
-    # custom (0.5) at 100: observe; + errors on one pod (2) at 200: 2.5, still observe; + throughput at 300: 3.5
+    # custom (0.5) at 100: observe; + errors on one pod (2) at 200: 2.5, still observe;
+    # + throughput at 300: 3.5, unhealthy
     rolled = roll_up([N], opened, PODS4)
     assert (rolled.health, rolled.since_ms, rolled.points) == (Health.UNHEALTHY, 300, 3.5)
     observe = roll_up([N], opened[:2], PODS4)

@@ -87,7 +87,8 @@ def test_a_series_past_learning_reports_its_undamped_score_band_and_anomalous_st
     assert normal.state is SeriesState.NORMAL
     assert normal.metric_type is MetricType.ERRORS
     assert normal.expected_low is None  # errors: higher is bad, no lower bound
-    assert normal.expected_high is not None and normal.expected_high > 100
+    assert normal.expected_high is not None
+    assert normal.expected_high > 100
     assert 0 <= normal.score < 1
     spike = Series("checkout", metric, "a", [(NOW + 250 * 15_000, 10_000.0)])
     outcome = p.handle(encode_batch([spike]), SRC, now_ms=NOW + 10**8)
@@ -151,7 +152,9 @@ def test_a_status_record_round_trips_and_its_key_is_its_series() -> None:
     raw = encode_status(s)
     doc = orjson.loads(raw)
     assert doc["expected"] == {"low": None, "high": 9.0}
-    assert doc["state"] == "normal" and doc["type"] == "errors" and doc["v"] == 1
+    assert doc["state"] == "normal"
+    assert doc["type"] == "errors"
+    assert doc["v"] == 1
     assert decode_status(status_key(*s.series), raw, 4096) == s
     no_band = status(expected_high=None)
     assert orjson.loads(encode_status(no_band))["expected"] is None
@@ -206,7 +209,7 @@ def test_missing_fields_wrong_keys_garbage_tombstones_and_oversized_records_are_
     with pytest.raises(BadRecord, match="needs a value"):
         decode_status(KEY, None, 4096)
     big = orjson.dumps(GOOD | {"metric": "m" * 4000})
-    with pytest.raises(BadRecord, match="over status.max_record_bytes"):
+    with pytest.raises(BadRecord, match=r"over status\.max_record_bytes"):
         decode_status(KEY, big, 1024)
 
 
@@ -225,8 +228,9 @@ def test_whatever_the_bytes_decode_status_answers_or_refuses_with_bad_record(
     for raw in (orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS) if _dumpable(doc) else b"", junk):
         try:
             decode_status(KEY, raw, 4096)
-        except BadRecord as exc:
-            assert str(exc)
+        except BadRecord as exc:  # the only way to refuse, and always with a reason
+            reason = str(exc)
+            assert reason
 
 
 def _dumpable(doc: object) -> bool:
