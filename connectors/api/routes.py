@@ -57,7 +57,7 @@ class Api:
             finished.labels(outcome).set_function(self._finished(outcome))
         self.view = ServicesView(config)
         self.views = ViewFollower(config, self.view)
-        self.registry.register(SeriesCollector(self.view.series.live, self.view.health))
+        self.registry.register(SeriesCollector(self.view.live, self.view.health))
         self.registry.register(health_routes.RefusedCollector(self.views))
 
     def _finished(self, outcome: str) -> Callable[[], float]:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +40,9 @@ log = logging.getLogger("vigil.api")
 Series = tuple[str, str, str]
 #: a verdict record larger than this is not an anomaly event
 MAX_EVENT_BYTES = 64 * 1024
+#: ready without reaching the end offsets after this long without a record (a broker whose end offsets
+#: are off, as the embedded one's can be for multi-record batches)
+QUIET_S = 5.0
 
 
 def _ms(text: str) -> int:
@@ -122,6 +125,10 @@ class ServicesView:
         self.last_resolved_ms[a.service] = max(at, self.last_resolved_ms.get(a.service, at))
 
     # --- documents out ---
+    def live(self) -> Iterator[SeriesStatus]:
+        """The live series (those idle for ``status.idle_s`` of wall clock are dropped on the way)."""
+        return self.series.live()
+
     def _live(self) -> dict[str, list[SeriesStatus]]:
         by_service: dict[str, list[SeriesStatus]] = {}
         for s in self.series.live():
@@ -312,8 +319,13 @@ class ViewFollower:
                 caught_up = ends is not None
                 for tp, end in (ends or {}).items():
                     caught_up = caught_up and await _position(consumer, tp) >= end
-                if caught_up or (ends is not None and time.monotonic() - quiet_since > 1.0):
+                quiet = ends is not None and time.monotonic() - quiet_since > QUIET_S
+                if caught_up or quiet:
                     self.ready.set()
+                    log.info(
+                        "status and verdict topics read (%s)",
+                        "to their end offsets" if caught_up else f"nothing new for {QUIET_S:g} s",
+                    )
         finally:
             await consumer.stop()
 
