@@ -134,6 +134,11 @@ class SeriesCollector(Collector):
         upper = GaugeMetricFamily(
             "vigil_expected_upper", "Upper end of the band the model expects the series in.", labels=labels
         )
+        value = GaugeMetricFamily(
+            "vigil_series_value",
+            "The series' latest value as Vigil judged it (prepared: a rate, a quantile).",
+            labels=labels,
+        )
         for s in self._series():
             names = [s.service, s.metric, s.instance]
             score.add_metric(names, s.score)
@@ -141,9 +146,12 @@ class SeriesCollector(Collector):
                 lower.add_metric(names, s.expected_low)
             if s.expected_high is not None:
                 upper.add_metric(names, s.expected_high)
+            if s.value is not None:
+                value.add_metric(names, s.value)
         yield score
         yield lower
         yield upper
+        yield value
         if self._health is None:
             return
         health = GaugeMetricFamily(
