@@ -17,6 +17,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 from faust.types import TP
 
 from connectors.broker import faust_quirks
+from connectors.kafka import ensure_topics
 from connectors.metrics import MetricsServer, worker_registry
 from engine import faust_fixes
 from engine.bank import ModelBank
@@ -192,13 +193,25 @@ def create_app(config: VigilConfig) -> faust.App:
             bank.counts,
         )
 
+    status_topic_ready = False
+
     async def publish_status() -> None:
+        nonlocal status_topic_ready
         statuses = status.flush()
         if not statuses:
             return
         for s in statuses:
             live.put(s)
         try:
+            if not status_topic_ready:  # a worker alone on a cluster without topic auto-creation
+                await ensure_topics(
+                    kafka.bootstrap_servers,
+                    [kafka.topics.status],
+                    kafka.partitions,
+                    kafka.replication_factor,
+                    compacted=[kafka.topics.status],
+                )
+                status_topic_ready = True
             sent = [
                 await app.producer.send(
                     kafka.topics.status, status_key(*s.series), encode_status(s), None, None, None
