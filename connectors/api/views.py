@@ -30,7 +30,6 @@ from connectors.notify.anomaly import Anomaly, BadEvent, Skip, parse
 from engine.config import NotifyEvent, VigilConfig
 from engine.errors import BadRecord
 from engine.events import iso
-from engine.guard import SeriesState
 from engine.health import Health, OpenAnomaly, Rolled, roll_up
 from engine.processor import Source, deadletter
 from engine.status import LiveSeries, SeriesStatus, decode_status
@@ -227,6 +226,7 @@ class ServicesView:
 
 
 def _open(a: Anomaly) -> OpenAnomaly:
+    # An opening's window ends at the sample that opened it: the anomaly's opening time (metric time).
     return OpenAnomaly(a.metric, a.instance, a.metric_type, a.end_ms)
 
 
@@ -371,6 +371,3 @@ async def _position(consumer: AIOKafkaConsumer, tp: Any) -> int:
         return int(await consumer.position(tp))
     except (KafkaError, AssertionError):
         return -1
-
-
-__all__ = ["Health", "SeriesState", "ServicesView", "ViewFollower", "anomaly_doc"]
