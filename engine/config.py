@@ -659,8 +659,8 @@ class NotifierConfig(Frozen):
             return data
         if "min_health" in data:
             raise ValueError(
-                "min_health is not supported yet: service health needs the per-series status topic, "
-                "which is not built; filter with services and metric_types"
+                "min_health is not supported yet: the notifiers do not follow service health (the API "
+                "has it: /api/v1/services, vigil_service_health); filter with services and metric_types"
             )
         inline = [k for k in ("secret", "webhook_url", "routing_key") if k in data]
         if inline:
