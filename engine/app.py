@@ -197,7 +197,11 @@ def create_app(config: VigilConfig) -> faust.App:
 
     async def publish_status() -> None:
         nonlocal status_topic_ready
-        statuses = status.flush()
+        try:
+            statuses = status.flush()
+        except Exception:  # a bug must cost a flush, never the worker (a timer's exception stops Faust)
+            log.exception("building the series statuses failed")
+            return
         if not statuses:
             return
         for s in statuses:

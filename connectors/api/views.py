@@ -308,7 +308,13 @@ class ViewFollower:
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
                 for records in batch.values():
                     for record in records:
-                        await self._take(record)
+                        try:
+                            await self._take(record)
+                        except Exception:  # a bug must cost one record, never the view
+                            log.exception(
+                                "record %s/%d/%d failed", record.topic, record.partition, record.offset
+                            )
+                            self._count(record.topic, "processing_failed")
                 if batch:
                     quiet_since = time.monotonic()
                 if self.ready.is_set():
