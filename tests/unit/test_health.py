@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
 import itertools
 
 import pytest
+
+from engine import health as health_module
+from engine import status as status_module
 
 from engine.config import MetricType
 from engine.guard import SeriesState
@@ -111,3 +115,10 @@ def test_healthy_since_the_latest_resolution_and_learning_since_nothing() -> Non
     assert roll_up([N], [], {}, last_resolved_ms=5000).since_ms == 5000
     assert roll_up([N], [], {}).since_ms is None
     assert roll_up([SeriesState.LEARNING], [], {}, last_resolved_ms=5000).since_ms is None
+
+
+@pytest.mark.parametrize("module", [health_module, status_module])
+def test_doctests(module: object) -> None:
+    result = doctest.testmod(module)  # type: ignore[arg-type]
+    assert result.failed == 0
+    assert result.attempted > 0
