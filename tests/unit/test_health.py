@@ -9,7 +9,6 @@ import pytest
 
 from engine import health as health_module
 from engine import status as status_module
-
 from engine.config import MetricType
 from engine.guard import SeriesState
 from engine.health import Health, OpenAnomaly, points, roll_up
