@@ -87,13 +87,22 @@ async def ensure_topics(
 
 def topic_names(config: KafkaConfig) -> list[str]:
     t = config.topics
-    return [t.samples, t.verdicts, t.deadletter, t.metadata, t.poller_state, t.verifications, t.deployments]
+    return [
+        t.samples,
+        t.verdicts,
+        t.deadletter,
+        t.metadata,
+        t.poller_state,
+        t.verifications,
+        t.deployments,
+        t.status,
+    ]
 
 
 def compacted_topics(config: KafkaConfig) -> list[str]:
     """The topics of :func:`topic_names` that are compacted."""
     t = config.topics
-    return [t.metadata, t.poller_state, t.verifications, t.deployments]
+    return [t.metadata, t.poller_state, t.verifications, t.deployments, t.status]
 
 
 async def start_producer(config: KafkaConfig, **overrides: object) -> AIOKafkaProducer:

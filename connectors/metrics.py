@@ -20,6 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.errors import ConfigError
+from engine.health import Health
+from engine.status import SeriesStatus
 from engine.worker_stats import DeadLetterReason, WorkerStats
 
 
@@ -103,10 +105,75 @@ class WorkerCollector(Collector):
         yield skipped
 
 
-def worker_registry(stats: Callable[[], WorkerStats]) -> CollectorRegistry:
-    """A registry of its own (no global state): the worker's metrics and the process' CPU and memory."""
+class SeriesCollector(Collector):
+    """Per live series its normalised score and expected band; per service its health (when known).
+
+    ``vigil_anomaly_score`` is 1 at the opening threshold of the series' rule, so one alerting rule
+    (``vigil_anomaly_score >= 1``) fits every series. A side of the band that is no risk (or a detector
+    without a band) has no ``vigil_expected_*`` sample.
+    """
+
+    def __init__(
+        self,
+        series: Callable[[], Iterable[SeriesStatus]],
+        health: Callable[[], dict[str, Health]] | None = None,
+    ) -> None:
+        self._series = series
+        self._health = health
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["service", "metric", "instance"]
+        score = GaugeMetricFamily(
+            "vigil_anomaly_score",
+            "Normalised anomaly score of the series' latest sample (1 = the opening threshold).",
+            labels=labels,
+        )
+        lower = GaugeMetricFamily(
+            "vigil_expected_lower", "Lower end of the band the model expects the series in.", labels=labels
+        )
+        upper = GaugeMetricFamily(
+            "vigil_expected_upper", "Upper end of the band the model expects the series in.", labels=labels
+        )
+        value = GaugeMetricFamily(
+            "vigil_series_value",
+            "The series' latest value as Vigil judged it (prepared: a rate, a quantile).",
+            labels=labels,
+        )
+        for s in self._series():
+            names = [s.service, s.metric, s.instance]
+            score.add_metric(names, s.score)
+            if s.expected_low is not None:
+                lower.add_metric(names, s.expected_low)
+            if s.expected_high is not None:
+                upper.add_metric(names, s.expected_high)
+            if s.value is not None:
+                value.add_metric(names, s.value)
+        yield score
+        yield lower
+        yield upper
+        yield value
+        if self._health is None:
+            return
+        health = GaugeMetricFamily(
+            "vigil_service_health",
+            "1 for the service's current health state (learning, healthy, observe, unhealthy), else 0.",
+            labels=["service", "state"],
+        )
+        for service, current in sorted(self._health().items()):
+            for state in Health:
+                health.add_metric([service, state.value], 1.0 if state is current else 0.0)
+        yield health
+
+
+def worker_registry(
+    stats: Callable[[], WorkerStats], series: Callable[[], Iterable[SeriesStatus]] | None = None
+) -> CollectorRegistry:
+    """A registry of its own (no global state): the worker's metrics, its own series' scores and bands
+    (``series``), and the process' CPU and memory."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(stats))
+    if series is not None:
+        registry.register(SeriesCollector(series))
     ProcessCollector(registry=registry)
     return registry
 

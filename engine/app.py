@@ -3,6 +3,7 @@ that imports faust."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 from faust.types import TP
 
 from connectors.broker import faust_quirks
+from connectors.kafka import ensure_topics
 from connectors.metrics import MetricsServer, worker_registry
 from engine import faust_fixes
 from engine.bank import ModelBank
@@ -25,7 +27,8 @@ from engine.delivery import FLOOR, MARGIN, Sender
 from engine.deployments import CATCH_UP_S, DeploymentFollower, Deployments
 from engine.metadata import MetadataFollower
 from engine.processor import Outcome, Processor, Source, deadletter
-from engine.samples import partition_for
+from engine.samples import family_of, partition_for, sample_key
+from engine.status import LiveSeries, StatusBoard, encode_status, status_key
 from engine.worker_stats import WorkerStats, WorkerTally
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,8 @@ def create_app(config: VigilConfig) -> faust.App:
     deployments = Deployments()
     bank = ModelBank(config, load=models.get, deployments=deployments)
     processor = Processor(bank, max_future_ms=int(config.detection.max_future_s * 1000))
+    status, live = _status(config, bank)
+    processor.status = status
     metadata = MetadataFollower(kafka, bank.types)
     app.task(metadata.run)  # every worker reads the whole metadata topic (no group), live
     deployment_follower = DeploymentFollower(kafka, deployments)
@@ -166,7 +171,8 @@ def create_app(config: VigilConfig) -> faust.App:
         gone = {tp.partition for tp in revoked if tp.topic == kafka.topics.samples}
         if gone:
             await checkpointer.run(gone, release=True)
-
+            partitions = kafka.partitions
+            live.drop(lambda s: partition_for(sample_key(s.service, family_of(s.metric)), partitions) in gone)
             tally.revoked(kafka.topics.samples, gone)
 
     async def on_shutdown(_app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -193,7 +199,44 @@ def create_app(config: VigilConfig) -> faust.App:
             bank.counts,
         )
 
+    status_topic_ready = False
+
+    async def publish_status() -> None:
+        nonlocal status_topic_ready
+        try:
+            statuses = status.flush()
+        except Exception:  # a bug must cost a flush, never the worker (a timer's exception stops Faust)
+            log.exception("building the series statuses failed")
+            return
+        if not statuses:
+            return
+        for s in statuses:
+            live.put(s)
+        try:
+            if not status_topic_ready:  # a worker alone on a cluster without topic auto-creation
+                await ensure_topics(
+                    kafka.bootstrap_servers,
+                    [kafka.topics.status],
+                    kafka.partitions,
+                    kafka.replication_factor,
+                    compacted=[kafka.topics.status],
+                )
+                status_topic_ready = True
+            sent = [
+                await app.producer.send(
+                    kafka.topics.status, status_key(*s.series), encode_status(s), None, None, None
+                )
+                for s in statuses
+            ]
+            await asyncio.gather(*sent)
+        except Exception as exc:  # noqa: BLE001 - published with the next flush instead
+            log.warning(
+                "publishing %d series statuses failed (%r); again at the next flush", len(statuses), exc
+            )
+            status.again(statuses)
+
     app.timer(interval=config.detection.checkpoint_interval_s)(checkpoint_models)
+    app.timer(interval=config.status.interval_s)(publish_status)
     app.timer(interval=30.0)(report)
 
     # Operating: the worker's Prometheus metrics (connectors/metrics.py), from what the worker knows.
@@ -217,11 +260,22 @@ def create_app(config: VigilConfig) -> faust.App:
 
     if config.worker.metrics_enabled:
         w = config.worker
-        server = MetricsServer(worker_registry(stats), w.metrics_host, w.metrics_port)
+        server = MetricsServer(worker_registry(stats, live.live), w.metrics_host, w.metrics_port)
         port = server.bind()  # before Faust starts: a taken port is a clear error, not a traceback
         print(f"vigil worker: metrics on http://{w.metrics_host}:{port}/metrics", file=sys.stderr, flush=True)
         app.task(server.serve)  # starts after table recovery; cancelled (and closed) when the app stops
     return app
+
+
+def _status(config: VigilConfig, bank: ModelBank) -> tuple[StatusBoard, LiveSeries]:
+    """The worker's status board (its hook is in the processor) and its own live series (/metrics)."""
+
+    def guard_of(key: bytes, metric: str, instance: str) -> Any:
+        unit = bank.units.get(key)
+        return None if unit is None else unit.guards.get((metric, instance))
+
+    board = StatusBoard(guard_of, lambda metric: bank.rule_for(metric).type)
+    return board, LiveSeries(config.status.idle_s, config.status.max_series)
 
 
 def consumer_lag(

@@ -79,6 +79,8 @@ class Topics(Frozen):
     #: compacted, keyed by deployment id: deployments of services (API, Flagger, Argo Rollouts), read by every
     #: worker so that anomalies opening soon after one carry it
     deployments: str = "vigil.deployments"
+    #: compacted, keyed by series (service, metric, instance): the latest status of every series
+    status: str = "vigil.status"
 
 
 class KafkaConfig(Frozen):
@@ -672,8 +674,8 @@ class NotifierConfig(Frozen):
             return data
         if "min_health" in data:
             raise ValueError(
-                "min_health is not supported yet: service health needs the per-series status topic, "
-                "which is not built; filter with services and metric_types"
+                "min_health is not supported yet: the notifiers do not follow service health (the API "
+                "has it: /api/v1/services, vigil_service_health); filter with services and metric_types"
             )
         inline = [k for k in ("secret", "webhook_url", "routing_key") if k in data]
         if inline:
@@ -729,6 +731,30 @@ class WorkerConfig(Frozen):
     metrics_port: int = Field(default=9203, ge=0, le=65535, description="0: any free port (printed)")
 
 
+class StatusConfig(Frozen):
+    """Per-series status (``kafka.topics.status``) and the anomaly scores as Prometheus metrics."""
+
+    interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="workers publish the series that changed this often"
+    )
+    idle_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=30 * 86_400,
+        description="a series not seen for this long (wall clock, whatever its samples' age) leaves "
+        "/metrics and the services view",
+    )
+    max_series: int = Field(
+        default=200_000, ge=1, le=10_000_000, description="series the API keeps at most (the oldest go)"
+    )
+    max_record_bytes: int = Field(
+        default=16 * 1024, ge=512, le=1024 * 1024, description="larger status records are refused"
+    )
+    resolved_kept: int = Field(
+        default=1000, ge=0, le=1_000_000, description="resolved anomalies the API remembers per service"
+    )
+
+
 class VigilConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VIGIL_",
@@ -748,6 +774,7 @@ class VigilConfig(BaseSettings):
     api: ApiConfig = ApiConfig()
     notify: tuple[NotifierConfig, ...] = ()
     notifier: NotifierProcessConfig = NotifierProcessConfig()
+    status: StatusConfig = StatusConfig()
 
     @model_validator(mode="after")
     def _notifier_names(self) -> VigilConfig:

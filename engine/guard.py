@@ -84,6 +84,7 @@ class SeriesGuard:
         "_window_start_ms",
         "calibrator",
         "detector",
+        "last_score",
         "open_after",
         "resolve_after",
         "rest_after_alarm",
@@ -112,6 +113,9 @@ class SeriesGuard:
         self._peak = 0.0
         #: The score reported for the latest sample: normalised, damped while an anomaly is open.
         self.score = 0.0
+        #: The normalised score of the latest sample learned, never damped (1 = the opening threshold): the
+        #: series' status and ``vigil_anomaly_score``, where one alerting rule must fit every series.
+        self.last_score = 0.0
         #: Timestamp of the newest point admitted (-1: none yet). Checkpointed with the model, so a point
         #: read again after a crash is recognised and not learned twice.
         self.watermark = -1
@@ -161,6 +165,7 @@ class SeriesGuard:
         Raises ``ValueError`` for NaN or infinite values (pass stale markers to :meth:`end`).
         """
         score = self._normalised(value, ts_ms, learn=True)
+        self.last_score = score
         warm = self.detector.n >= self.warmup
         transition: Transition | None = None
         if self._is_open:

@@ -24,6 +24,7 @@ from engine.preparation import Count
 from engine.raw import RawSeries
 from engine.records import decode_record
 from engine.samples import Rejected, Series, analysis_key, family_of, sample_key
+from engine.status import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class Processor:
     processed: int = 0
     deadlettered: int = 0
     raw_samples: int = 0  # raw samples (and native histograms) received
+    #: the series judged since the last status flush (engine.status); None: no status published
+    status: StatusBoard | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -143,6 +146,8 @@ class Processor:
             )
             return
         outcome.samples += len(s.points)
+        if self.status is not None and s.points:  # the status hook: the latest point, one dict write
+            self.status.changed[(key, s.service, s.metric, s.instance)] = s.points[-1]
         key = analysis_key(s.service, s.metric)
         outcome.events.extend((key, encode(e)) for e in events)
 

@@ -87,6 +87,7 @@ def isolated_config(broker: Broker, *, replication: int = 1, **detection: Any) -
                     "poller_state": f"{n}.poller-state",
                     "verifications": f"{n}.verifications",
                     "deployments": f"{n}.deployments",
+                    "status": f"{n}.status",
                 }
             ),
         }
@@ -119,6 +120,7 @@ def config_env(config: VigilConfig) -> dict[str, str]:
         "VIGIL_KAFKA__TOPICS__POLLER_STATE": k.topics.poller_state,
         "VIGIL_KAFKA__TOPICS__VERIFICATIONS": k.topics.verifications,
         "VIGIL_KAFKA__TOPICS__DEPLOYMENTS": k.topics.deployments,
+        "VIGIL_KAFKA__TOPICS__STATUS": k.topics.status,
         "VIGIL_DETECTION__CHECKPOINT_INTERVAL_S": str(d.checkpoint_interval_s),
         "VIGIL_DETECTION__WARMUP": str(d.warmup),
         "VIGIL_RULES": orjson.dumps([r.model_dump(mode="json") for r in config.rules]).decode(),

@@ -40,6 +40,78 @@ VERIFICATION: dict[str, Any] = {
 }
 
 
+BAND: dict[str, Any] = {
+    "type": ["object", "null"],
+    "description": "the band the model expects; null on a side that is no risk",
+    "properties": {"low": {"type": ["number", "null"]}, "high": {"type": ["number", "null"]}},
+}
+HEALTH = {"enum": ["learning", "healthy", "observe", "unhealthy"]}
+WINDOW: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "start": {"type": "string", "format": "date-time"},
+        "end": {"type": "string", "format": "date-time"},
+        "start_ms": {"type": "integer"},
+        "end_ms": {"type": "integer"},
+    },
+}
+ANOMALY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "service": {"type": "string"},
+        "metric": {"type": "string"},
+        "instance": {"type": "string"},
+        "type": {"enum": ["errors", "latency", "throughput", "saturation", "custom"]},
+        "state": {"enum": ["open", "resolved"]},
+        "opened_at": {"type": "string", "format": "date-time"},
+        "resolved_at": {"type": ["string", "null"], "format": "date-time"},
+        "value": {"type": ["number", "null"]},
+        "expected": BAND,
+        "score": {"type": "number"},
+        "peak_score": {"type": "number"},
+        "window": WINDOW,
+    },
+}
+SERVICE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "service": {"type": "string"},
+        "health": HEALTH,
+        "since": {"type": ["string", "null"], "format": "date-time"},
+        "open_anomalies": {"type": "array", "items": {"$ref": "#/components/schemas/Anomaly"}},
+        "instances": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "instance": {"type": "string"},
+                    "health": HEALTH,
+                    "since": {"type": ["string", "null"], "format": "date-time"},
+                    "open_anomalies": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+METRIC: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "metric": {"type": "string"},
+        "instance": {"type": "string"},
+        "type": {"type": "string"},
+        "state": {"enum": ["learning", "normal", "anomalous"]},
+        "value": {"type": ["number", "null"]},
+        "expected": BAND,
+        "score": {"type": "number", "description": "normalised: 1 = the opening threshold"},
+        "time": {"type": "string", "format": "date-time", "description": "the latest sample (metric time)"},
+        "seen_at": {"type": "string", "format": "date-time", "description": "published (wall clock)"},
+        "anomaly": {"type": ["string", "null"]},
+        "window": {"oneOf": [WINDOW, {"type": "null"}]},
+    },
+}
+
+
 DEPLOYMENT: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -74,6 +146,17 @@ def openapi() -> dict[str, Any]:
                 "Verification": VERIFICATION,
                 "DeploymentRequest": DeploymentRequest.model_json_schema(),
                 "Deployment": DEPLOYMENT,
+                "Anomaly": ANOMALY,
+                "Service": SERVICE,
+                "ServiceDetail": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Service"},
+                        {
+                            "type": "object",
+                            "properties": {"metrics": {"type": "array", "items": METRIC}},
+                        },
+                    ]
+                },
             },
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
@@ -145,6 +228,61 @@ def openapi() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/services": {
+                "get": {
+                    "summary": "every service with live series: health, since, open anomalies, instances",
+                    "responses": {
+                        "200": _json(
+                            {"type": "array", "items": {"$ref": "#/components/schemas/Service"}},
+                            "the services",
+                        ),
+                        "400": ERROR,
+                        "401": ERROR,
+                        "503": ERROR,
+                    },
+                }
+            },
+            "/api/v1/services/{service}": {
+                "get": {
+                    "summary": "one service, with each series' state and evidence",
+                    "parameters": [
+                        {"name": "service", "in": "path", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/ServiceDetail"}, "the service"),
+                        "400": ERROR,
+                        "401": ERROR,
+                        "404": ERROR,
+                        "503": ERROR,
+                    },
+                }
+            },
+            "/api/v1/anomalies": {
+                "get": {
+                    "summary": "open and resolved anomalies, oldest first",
+                    "parameters": [
+                        {"name": "service", "in": "query", "schema": {"type": "string"}},
+                        {"name": "state", "in": "query", "schema": {"enum": ["open", "resolved"]}},
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "anomalies": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Anomaly"},
+                                    }
+                                },
+                            },
+                            "the anomalies",
+                        ),
+                        "400": ERROR,
+                        "401": ERROR,
+                        "503": ERROR,
+                    },
+                }
+            },
             "/api/v1/deployments": {
                 "post": {
                     "summary": "record a deployment of a service (Argo Rollouts notifications send this)",
@@ -177,7 +315,12 @@ def openapi() -> dict[str, Any]:
             },
             "/-/healthy": {"get": {"responses": {"200": {"description": "the process is up"}}}},
             "/-/ready": {
-                "get": {"responses": {"200": {"description": "jobs read from Kafka"}, "503": ERROR}}
+                "get": {
+                    "responses": {
+                        "200": {"description": "jobs, status and verdicts read from Kafka"},
+                        "503": ERROR,
+                    }
+                }
             },
             "/metrics": {"get": {"responses": {"200": {"description": "Prometheus exposition"}}}},
         },

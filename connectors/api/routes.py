@@ -13,10 +13,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from connectors.api import flagger
+from connectors.api import flagger, health_routes
+from connectors.api.answers import error, ok
 from connectors.api.deployments import DeploymentLog, flagger_event
 from connectors.api.jobs import Jobs, now_ms, state_of
 from connectors.api.openapi import openapi
+from connectors.api.views import ServicesView, ViewFollower
+from connectors.metrics import SeriesCollector
 from connectors.receiver.auth import Auth
 from engine.config import VigilConfig
 from engine.deployments import parse_deployment
@@ -55,23 +58,16 @@ class Api:
         )
         for outcome in self.jobs.finished:
             finished.labels(outcome).set_function(self._finished(outcome))
+        self.view = ServicesView(config)
+        self.views = ViewFollower(config, self.view)
+        self.registry.register(SeriesCollector(self.view.live, self.view.health))
+        self.registry.register(health_routes.RefusedCollector(self.views))
 
     def _finished(self, outcome: str) -> Callable[[], float]:
         return lambda: float(self.jobs.finished.get(outcome, 0))
 
 
 API = web.AppKey("api", Api)
-
-
-def error(status: int, name: str, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = orjson.dumps({"error": name, "reason": reason})
-    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
-
-
-def ok(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(doc), content_type="application/json", headers=headers
-    )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -114,9 +110,19 @@ async def _healthy(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    if request.app[API].jobs.ready.is_set():
-        return web.Response(text="Vigil API is ready.\n")
-    return error(503, "not_ready", "the verification jobs are not read from Kafka yet", {"Retry-After": "1"})
+    api = request.app[API]
+    if not api.jobs.ready.is_set():
+        return error(
+            503, "not_ready", "the verification jobs are not read from Kafka yet", {"Retry-After": "1"}
+        )
+    if not api.views.ready.is_set():
+        return error(
+            503,
+            "not_ready",
+            "the status and verdict topics are not read from Kafka yet",
+            {"Retry-After": "1"},
+        )
+    return web.Response(text="Vigil API is ready.\n")
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -295,11 +301,14 @@ def make_app(config: VigilConfig) -> web.Application:
     api = Api(config)
     app = web.Application(client_max_size=config.api.max_body_bytes, middlewares=[errors])
     app[API] = api
+    app[health_routes.VIEWS] = api.views
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[API].jobs.start()
         await app[API].deployments.start()
+        await app[API].views.start()
         yield
+        await app[API].views.stop()
         await app[API].deployments.stop()
         await app[API].jobs.stop()
 
@@ -315,4 +324,5 @@ def make_app(config: VigilConfig) -> web.Application:
     app.router.add_post("/api/v1/flagger/{kind}", _flagger)
     app.router.add_post("/api/v1/deployments", _record_deployment)
     app.router.add_get("/api/v1/deployments", _deployments)
+    health_routes.add_routes(app)
     return app

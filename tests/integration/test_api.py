@@ -77,6 +77,7 @@ async def started(config: VigilConfig) -> ApiServer:
     await server.start()
     async with asyncio.timeout(60):
         await server.api.jobs.ready.wait()
+        await server.api.views.ready.wait()  # /-/ready also waits for the status and verdict topics
     return server
 
 
@@ -278,6 +279,7 @@ async def test_other_errors_are_json_too(server: ApiServer) -> None:
             spec = await r.json()
         assert spec["openapi"].startswith("3.")
         assert "/api/v1/verifications/{id}" in spec["paths"]
+        assert {"/api/v1/services", "/api/v1/services/{service}", "/api/v1/anomalies"} <= set(spec["paths"])
         assert "baseline" in spec["components"]["schemas"]["Request"]["properties"]
         async with session.get(server.url + "/metrics") as r:
             text = await r.text()
