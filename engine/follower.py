@@ -35,8 +35,8 @@ async def follow_topic(
         enable_auto_commit=False,
         metadata_max_age_ms=5000,
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside the try: a cancel while it connects closes it too
         partitions = await _partitions(consumer, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)

@@ -300,8 +300,8 @@ class ViewFollower:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=2 * 1024 * 1024,
         )
-        await consumer.start()
         try:
+            await consumer.start()  # inside the try: a stop while it connects closes it too
             ends: dict[Any, int] | None = None
             quiet_since = time.monotonic()
             while True:
