@@ -178,7 +178,8 @@ class MetricRule(Frozen):
     direction: Direction = Direction.BOTH
     detector: DetectorName | RiverDetector = Field(
         default="zscore",
-        description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC); "
+        description="zscore: robust level and spread; seasonal: the same per hour of the day and, once two "
+        "weeks are seen, per hour of the week where it differs (UTC); "
         "forecast: the residual of a level-and-trend forecast (Holt); hst: River's HalfSpaceTrees over "
         "the last 3 values, scaled online; {river: PATH, params: {...}}: any River anomaly detector "
         "(needs detection.checkpoint_key_file)",
