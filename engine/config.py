@@ -140,7 +140,7 @@ class LabelsConfig(Frozen):
 
 
 #: The built-in detectors, by name (the contract suite, the benchmark and the kill -9 test iterate these).
-DetectorName = Literal["zscore", "seasonal", "forecast", "hst"]
+DetectorName = Literal["zscore", "seasonal", "forecast", "hst", "contextual", "ensemble"]
 _PARAM = int | float | str | bool | None
 
 

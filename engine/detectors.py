@@ -668,6 +668,22 @@ def make_detector(rule: MetricRule, detection: DetectionConfig) -> Detector:
             key_file=detection.checkpoint_key_file,
             half_life=detection.half_life,
         )
+    if rule.detector == "contextual":
+        from engine.contextual import ContextualTransitions
+
+        return ContextualTransitions(
+            direction=rule.direction,
+            half_life=detection.half_life,
+            spread_half_life=detection.spread_half_life,
+        )
+    if rule.detector == "ensemble":
+        from engine.ensemble import Ensemble
+
+        return Ensemble(
+            direction=rule.direction,
+            half_life=detection.half_life,
+            spread_half_life=detection.spread_half_life,
+        )
     if rule.detector == "hst":
         return HalfSpaceTreesWindow(
             direction=rule.direction, seed=detection.seed, half_life=detection.half_life
