@@ -37,7 +37,7 @@ class ContextualTransitions(base.AnomalyDetector):
       and how often those ``k`` bins were followed by anything. A sample learned with weight ``w`` counts
       ``w``. Memory is bounded: at most ``capacity`` counts are kept (beyond it the smallest quarter is
       dropped, ties by code, so the result depends on the counts alone), and every ``decay_every`` samples
-      all counts halve and those below 0.5 go — old habits fade, a new normal is learned.
+      all counts halve (to 1/16) and those below 0.5 go — old habits fade, a new normal is learned.
     * **Raw score** — per order whose context was seen before, the surprisal ``-ln((count(context → b) +
       0.5) / (count(context) + 1))``; their mean ``m`` (nats) makes the raw score ``m / (m + 3)`` (0 before
       anything was learned; 0 for a value on the side that is not a risk). In [0, 1), of no sigma scale:
@@ -158,7 +158,9 @@ class ContextualTransitions(base.AnomalyDetector):
         self._since_decay += 1
         if self._since_decay >= self.decay_every:
             self._since_decay = 0
-            self._counts = {c: v * 0.5 for c, v in self._counts.items() if v * 0.5 >= 0.5}
+            # halved and rounded to 1/16: the checkpoint's numbers stay short however long the series runs
+            halved = {c: round(v * 8.0) / 16.0 for c, v in self._counts.items()}
+            self._counts = {c: v for c, v in halved.items() if v >= 0.5}
 
     def _prune(self) -> None:
         """Keep the largest three quarters of the capacity (ties: the smaller code stays)."""
