@@ -49,9 +49,11 @@ Z_HALF = 3.0
 class Detector(Protocol):
     """What the guard and the model bank need from a detector (besides River's protocol)."""
 
-    #: whether the raw score is ``d / (d + 3)`` of a deviation ``d`` in sigmas (then a raw score of 60
-    #: sigma opens on its own, :data:`engine.calibration.RAW_OPEN`); False for scores of another scale
-    sigma_score: bool
+    @property
+    def sigma_score(self) -> bool:
+        """Whether the raw score is ``d / (d + 3)`` of a deviation ``d`` in sigmas (then a raw score of 60
+        sigma opens on its own, :data:`engine.calibration.RAW_OPEN`); False for scores of another scale."""
+        ...
 
     @property
     def n(self) -> int:

@@ -85,7 +85,12 @@ class Ensemble(base.AnomalyDetector):
         #: with max, a raw score of RAW_OPEN (60 sigma) can only come from a member scoring in sigmas (the
         #: contextual one stays below 0.8: its surprisal is at most ln(2 · its largest count)), so it opens
         #: on its own as that member's would
-        self.sigma_score = combine == "max" and bool(self._banded)
+        self._sigma_score = (combine == "max" and bool(self._banded),)  # a tuple: not in checkpoints
+
+    @property
+    def sigma_score(self) -> bool:
+        """Whether the raw score is a sigma member's ``d / (d + 3)`` where it matters (see above)."""
+        return self._sigma_score[0]
 
     @property
     def n(self) -> int:
