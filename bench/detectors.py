@@ -14,7 +14,8 @@ wall clock but not the figures much.
   what a sample costs in the worker's model bank, against the issue's target of 15 µs (40 acceptable).
 * **bytes per model** — the checkpoint (plain JSON) of one series after ``--samples`` samples, and the
   memory a series holds (``tracemalloc``: the growth for ``--series`` fresh trained guards, divided),
-  against 20 KB (50 acceptable). With ``--long``: the checkpoint after 10⁶ samples too (bounded memory).
+  against 20 KB (50 acceptable). With ``--long``: the checkpoint after 10⁶ samples too, and its ratio to
+  the one after 10⁴ (bounded memory: about 1x; a few minutes per detector, hst the slowest).
 * **checkpoint / restore per 10,000 models** — :class:`engine.bank.ModelBank` encoding ``--models`` keys of
   one trained series each, and a fresh bank restoring them all, scaled to 10,000.
 * **worker / bare** — the production message shape: raw records of ``--series`` series x 1 point each
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=int, default=10_000, help="keys checkpointed and restored")
     parser.add_argument("--only", nargs="*", help="these detectors only")
     parser.add_argument("--long", action="store_true", help="also the checkpoint after 10^6 samples")
+    parser.add_argument("--long-samples", type=int, default=1_000_000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     names = args.only or detectors()
     print(f"bench.detectors on {machine()}; {args.runs} runs, median (min-max), CPU time")
@@ -286,8 +288,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {'bytes/key in the bank':24} {framed:,.0f} B (framed, with the preparation state)")
         print(f"  {'bytes/series memory':24} {memory:,.0f} B after {args.samples} samples (tracemalloc)")
         if args.long:
-            big = trained(name, 1_000_000)
-            print(f"  {'bytes/series checkpoint':24} {checkpoint_bytes(big):,} B after 10^6 samples")
+            big, small = checkpoint_bytes(trained(name, args.long_samples)), checkpoint_bytes(g)
+            print(
+                f"  {'bytes/series checkpoint':24} {big:,} B after {args.long_samples:,} samples: "
+                f"{big / small:.2f}x the 10^4 figure (bounded: ~1x)"
+            )
         print(f"  {'worker per sample':24} {summary(figures['worker per sample'], 'µs')}")
         print(f"  {'bare loop per sample':24} {summary(figures['bare per sample'], 'µs')}")
         print(f"  {'bare guards per sample':24} {summary(figures['bare guards per sample'], 'µs')}")

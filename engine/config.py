@@ -145,7 +145,7 @@ class LabelsConfig(Frozen):
 
 
 #: The built-in detectors, by name (the contract suite, the benchmark and the kill -9 test iterate these).
-DetectorName = Literal["zscore", "seasonal", "forecast", "hst"]
+DetectorName = Literal["zscore", "seasonal", "forecast", "hst", "contextual", "ensemble"]
 _PARAM = int | float | str | bool | None
 
 
@@ -183,9 +183,12 @@ class MetricRule(Frozen):
     direction: Direction = Direction.BOTH
     detector: DetectorName | RiverDetector = Field(
         default="zscore",
-        description="zscore: robust level and spread; seasonal: the same per hour of the day (UTC); "
+        description="zscore: robust level and spread; seasonal: the same per hour of the day and, once two "
+        "weeks are seen, per hour of the week where it differs (UTC); "
         "forecast: the residual of a level-and-trend forecast (Holt); hst: River's HalfSpaceTrees over "
-        "the last 3 values, scaled online; {river: PATH, params: {...}}: any River anomaly detector "
+        "the last 3 values, scaled online; contextual: how rare the step into the value's bin is after "
+        "the last bins; ensemble: the larger of zscore's and contextual's raw scores; "
+        "{river: PATH, params: {...}}: any River anomaly detector "
         "(needs detection.checkpoint_key_file)",
     )
     sensitivity: Sensitivity = Sensitivity.MEDIUM

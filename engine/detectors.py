@@ -49,9 +49,11 @@ Z_HALF = 3.0
 class Detector(Protocol):
     """What the guard and the model bank need from a detector (besides River's protocol)."""
 
-    #: whether the raw score is ``d / (d + 3)`` of a deviation ``d`` in sigmas (then a raw score of 60
-    #: sigma opens on its own, :data:`engine.calibration.RAW_OPEN`); False for scores of another scale
-    sigma_score: bool
+    @property
+    def sigma_score(self) -> bool:
+        """Whether the raw score is ``d / (d + 3)`` of a deviation ``d`` in sigmas (then a raw score of 60
+        sigma opens on its own, :data:`engine.calibration.RAW_OPEN`); False for scores of another scale."""
+        ...
 
     @property
     def n(self) -> int:
@@ -211,16 +213,28 @@ class RobustZScore(base.AnomalyDetector):
 
 
 HOUR_MS = 3_600_000
+WEEK_HOURS = 168
+#: Unix time began on a Thursday: hours added so that hour-of-week 0 is Monday 00:00 UTC.
+_MONDAY_SHIFT_HOURS = 72
 
 
 class SeasonalProfile(base.AnomalyDetector):
-    """An hour-of-day profile: a robust level and spread per hour of the day (UTC), each adapting as
-    :class:`RobustZScore`'s do (``slot_half_life`` in samples of that hour), so a value normal at noon
-    is judged against noon and the same value at 3 a.m. against 3 a.m.
+    """Hour-of-day and hour-of-week profiles: a robust level and spread per hour of the day and per hour
+    of the week (UTC), each adapting as :class:`RobustZScore`'s do (``slot_half_life`` in samples of that
+    hour), so a value normal at noon is judged against noon and the same value at 3 a.m. against 3 a.m.;
+    and once the weeks have been seen, a value normal at noon on a weekday against Sunday noon on a Sunday.
 
-    Until an hour has ``min_slot`` samples (and for samples without a time), the series' overall
-    :class:`RobustZScore` judges. An hour starts from the overall spread, so a profile is usable after a
-    day. Fed ``{"x": value, "t": Unix ms}`` through River's protocol.
+    Which profile judges a sample: its **hour of the week** once that hour has samples from ``min_weeks``
+    earlier weeks (calendar weeks, Monday to Sunday, UTC) and at least ``min_week_slot`` samples, and its
+    level stands more than ``week_apart`` sigmas of the hour of the day away from that hour's level (that
+    hour of that weekday really differs: otherwise the hour of the day, learned from seven times as many
+    samples, judges; measured on NAB, hours of the week judging whenever trusted cost 5 points on the half
+    the settings were chosen on, this rule gained 0.7 there and 0.0 on the other); else its **hour of the
+    day** once that hour has ``min_slot`` samples; else (and for samples without a time) the series'
+    overall :class:`RobustZScore`. An hour of the day starts from the overall spread and an hour of the
+    week from its hour of the day's, so each is usable after its first cycle. Every sample is learned by
+    all three. Fed ``{"x": value, "t": Unix ms}`` through River's protocol. State: lists of 24 and 168
+    numbers (plain, no pickle; a checkpoint without the hours of the week loads, and learns them).
 
     >>> d = SeasonalProfile(min_slot=5)
     >>> for day in range(3):
@@ -244,9 +258,14 @@ class SeasonalProfile(base.AnomalyDetector):
         half_life: float = 30.0,
         spread_half_life: float = 300.0,
         suspect_clip: float = 10.0,
+        min_weeks: int = 2,
+        min_week_slot: int = 10,
+        week_apart: float = 1.0,
     ) -> None:
         if not 1 <= slots <= 168 or not slot_half_life > 1.0 or min_slot < 1:
             raise ValueError("slots must be in [1, 168], slot_half_life > 1 and min_slot >= 1")
+        if min_weeks < 0 or min_week_slot < 1 or not week_apart >= 0.0:
+            raise ValueError("min_weeks must be >= 0, min_week_slot >= 1 and week_apart >= 0")
         self.direction = Direction(direction)
         self.slots = int(slots)
         self.slot_half_life = float(slot_half_life)
@@ -254,12 +273,22 @@ class SeasonalProfile(base.AnomalyDetector):
         self.half_life = float(half_life)
         self.spread_half_life = float(spread_half_life)
         self.suspect_clip = float(suspect_clip)
+        self.min_weeks = int(min_weeks)
+        self.min_week_slot = int(min_week_slot)
+        self.week_apart = float(week_apart)
         self._alpha = 1.0 - 0.5 ** (1.0 / self.slot_half_life)
         self._sign = {Direction.HIGHER: 1.0, Direction.LOWER: -1.0, Direction.BOTH: 0.0}[self.direction]
         self._overall = RobustZScore(direction, half_life, spread_half_life, suspect_clip=suspect_clip)
         self._levels = [0.0] * self.slots
         self._mads = [0.0] * self.slots
         self._counts = [0] * self.slots
+        week_hours = WEEK_HOURS if self.min_weeks else 0
+        self._week_levels = [0.0] * week_hours  # Monday 00:00 UTC first
+        self._week_mads = [0.0] * week_hours
+        self._week_counts = [0] * week_hours
+        #: per hour of the week: the different weeks it has samples from, and the latest of them (-1: none)
+        self._weeks = [0] * week_hours
+        self._last_week = [-1] * week_hours
 
     @property
     def n(self) -> int:
@@ -271,19 +300,30 @@ class SeasonalProfile(base.AnomalyDetector):
     def score_one(self, x: dict[Hashable, Any]) -> float:
         return self.score_value(x["x"], x.get("t"))
 
-    def _slot(self, ts_ms: int | None) -> int | None:
-        """The hour of ``ts_ms`` if that hour is trusted, else None."""
+    def _profile(self, ts_ms: int | None) -> tuple[list[float], list[float], int] | None:
+        """(levels, mads, slot) of the trusted profile that judges ``ts_ms``: its hour of the week, else
+        its hour of the day; None when neither is trusted yet (the overall model judges)."""
         if ts_ms is None:
             return None
-        slot = int(ts_ms // HOUR_MS) % self.slots
-        return slot if self._counts[slot] >= self.min_slot else None
+        hour = int(ts_ms // HOUR_MS)
+        d = hour % self.slots
+        day_trusted = self._counts[d] >= self.min_slot
+        if self.min_weeks:
+            week, h = divmod(hour + _MONDAY_SHIFT_HOURS, WEEK_HOURS)
+            earlier_weeks = self._weeks[h] - (self._last_week[h] == week)  # the current one is not seen yet
+            if earlier_weeks >= self.min_weeks and self._week_counts[h] >= self.min_week_slot:
+                apart = abs(self._week_levels[h] - self._levels[d])
+                if not day_trusted or apart > self.week_apart * _slot_sigma(self._levels[d], self._mads[d]):
+                    return self._week_levels, self._week_mads, h
+        return (self._levels, self._mads, d) if day_trusted else None
 
     def score_value(self, x: float, ts_ms: int | None = None) -> float:
         x = check_finite(x)
-        slot = self._slot(ts_ms)
-        if slot is None:
+        profile = self._profile(ts_ms)
+        if profile is None:
             return self._overall.score_value(x)
-        r = (x - self._levels[slot]) / self._sigma(slot)
+        levels, mads, h = profile
+        r = (x - levels[h]) / _slot_sigma(levels[h], mads[h])
         d = abs(r) if self._sign == 0.0 else max(self._sign * r, 0.0)
         return 1.0 / (1.0 + Z_HALF / d) if d > 0.0 else 0.0
 
@@ -291,38 +331,63 @@ class SeasonalProfile(base.AnomalyDetector):
         self._overall.learn_value(x, w)
         if ts_ms is None:
             return
-        slot = int(ts_ms // HOUR_MS) % self.slots
-        count = self._counts[slot] = self._counts[slot] + 1
+        hour = int(ts_ms // HOUR_MS)
+        h = hour % self.slots
+        self._learn_slot(self._levels, self._mads, self._counts, h, x, w, self._overall.spread())
+        if self.min_weeks:
+            week, hw = divmod(hour + _MONDAY_SHIFT_HOURS, WEEK_HOURS)
+            # an hour of the week starts from its hour of the day's spread (learned just above)
+            day_sigma = _slot_sigma(self._levels[h], self._mads[h])
+            self._learn_slot(self._week_levels, self._week_mads, self._week_counts, hw, x, w, day_sigma)
+            if week != self._last_week[hw]:
+                self._last_week[hw] = week
+                self._weeks[hw] += 1
+
+    def _learn_slot(
+        self,
+        levels: list[float],
+        mads: list[float],
+        counts: list[int],
+        h: int,
+        x: float,
+        w: float,
+        sigma: float,
+    ) -> None:
+        count = counts[h] = counts[h] + 1
         if count == 1:
-            self._levels[slot] = x
-            self._mads[slot] = self._overall.spread() / _SIGMA_PER_MAD
+            levels[h] = x
+            mads[h] = sigma / _SIGMA_PER_MAD
             return
-        r = x - self._levels[slot]
-        self._levels[slot] += max(self._alpha, 1.0 / count) * w * r
-        spread_r = abs(r) if w >= 1.0 else min(abs(r), self.suspect_clip * self._sigma(slot))
-        self._mads[slot] += max(self._alpha, 1.0 / count) * w * (spread_r - self._mads[slot])
+        r = x - levels[h]
+        step = max(self._alpha, 1.0 / count) * w
+        levels[h] += step * r
+        spread_r = abs(r) if w >= 1.0 else min(abs(r), self.suspect_clip * _slot_sigma(levels[h], mads[h]))
+        mads[h] += step * (spread_r - mads[h])
 
     def level_at(self, ts_ms: int | None = None) -> float:
-        slot = self._slot(ts_ms)
-        return self._overall.level if slot is None else self._levels[slot]
+        profile = self._profile(ts_ms)
+        if profile is None:
+            return self._overall.level
+        levels, _, h = profile
+        return levels[h]
 
     def expected_range(self, ts_ms: int | None = None) -> tuple[float, float]:
-        slot = self._slot(ts_ms)
-        if slot is None:
+        profile = self._profile(ts_ms)
+        if profile is None:
             return self._overall.expected_range()
-        half_width = Z_HALF * self._sigma(slot)
-        level = self._levels[slot]
-        low = -math.inf if self.direction is Direction.HIGHER else level - half_width
-        high = math.inf if self.direction is Direction.LOWER else level + half_width
+        levels, mads, h = profile
+        half_width = Z_HALF * _slot_sigma(levels[h], mads[h])
+        low = -math.inf if self.direction is Direction.HIGHER else levels[h] - half_width
+        high = math.inf if self.direction is Direction.LOWER else levels[h] + half_width
         return (low, high)
-
-    def _sigma(self, slot: int) -> float:
-        level = self._levels[slot]
-        return max(_SIGMA_PER_MAD * self._mads[slot], _FLOAT_NOISE_REL * abs(level) + _FLOAT_NOISE_ABS)
 
     @classmethod
     def _unit_test_params(cls) -> Any:  # River's estimator checks
         yield {}
+
+
+def _slot_sigma(level: float, mad: float) -> float:
+    return max(_SIGMA_PER_MAD * mad, _FLOAT_NOISE_REL * abs(level) + _FLOAT_NOISE_ABS)
 
 
 class HoltForecast(RobustZScore):
@@ -604,6 +669,22 @@ def make_detector(rule: MetricRule, detection: DetectionConfig) -> Detector:
             direction=rule.direction,
             key_file=detection.checkpoint_key_file,
             half_life=detection.half_life,
+        )
+    if rule.detector == "contextual":
+        from engine.contextual import ContextualTransitions
+
+        return ContextualTransitions(
+            direction=rule.direction,
+            half_life=detection.half_life,
+            spread_half_life=detection.spread_half_life,
+        )
+    if rule.detector == "ensemble":
+        from engine.ensemble import Ensemble
+
+        return Ensemble(
+            direction=rule.direction,
+            half_life=detection.half_life,
+            spread_half_life=detection.spread_half_life,
         )
     if rule.detector == "hst":
         return HalfSpaceTreesWindow(

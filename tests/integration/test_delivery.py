@@ -192,11 +192,17 @@ def start_worker(config: VigilConfig, started: list[Worker]) -> Worker:
     return w
 
 
-#: Every built-in detector on the embedded broker; on Apache Kafka the default one (what a checkpoint holds
-#: depends on the detector, how commits follow checkpoints on the broker).
-KILL_9_CASES = [pytest.param("broker", d, id=f"embedded-{d}") for d in typing.get_args(DetectorName)] + [
-    pytest.param("kafka", "zscore", id="kafka-zscore", marks=pytest.mark.kafka)
-]
+#: Built-in detectors on the embedded broker; on Apache Kafka the default one (what a checkpoint holds
+#: depends on the detector, how commits follow checkpoints on the broker). contextual and ensemble passed
+#: here too (44 s and 39 s on a loaded 2-core machine) but are left out of CI for its time budget: their
+#: state goes through the same plain checkpoint path, round trips tested in tests/unit/test_detectors.py.
+#: Add them back by emptying this set.
+KILL_9_OUT_OF_CI = frozenset({"contextual", "ensemble"})
+KILL_9_CASES = [
+    pytest.param("broker", d, id=f"embedded-{d}")
+    for d in typing.get_args(DetectorName)
+    if d not in KILL_9_OUT_OF_CI
+] + [pytest.param("kafka", "zscore", id="kafka-zscore", marks=pytest.mark.kafka)]
 
 
 @pytest.mark.parametrize(("broker_fixture", "detector"), KILL_9_CASES)

@@ -11,6 +11,7 @@ import pytest
 
 from engine import plain
 from engine.config import DetectionConfig, Direction, MetricRule, Sensitivity, load_config
+from engine.detectors import SeasonalProfile
 from engine.guard import CLEAR, EPISODE_CAP, SeriesGuard, SeriesState, Transition, TransitionKind
 
 STEP_MS = 15_000
@@ -282,6 +283,63 @@ def test_daily_seasonality_a_value_normal_at_noon_is_flagged_at_3_am() -> None:
 
     assert opened_on_the_last_day("seasonal") == [at_3_am]
     assert opened_on_the_last_day("zscore") == []  # the daily jumps taught it that jumps are normal
+
+
+def test_weekly_seasonality_a_value_normal_on_weekdays_at_noon_is_flagged_on_a_sunday_at_noon() -> None:
+    """Busy in office hours on weekdays, quiet all weekend: once each hour of the week has been seen in two
+    weeks it judges, so the weekday noon level on the fourth Sunday opens an anomaly there and nothing else
+    opens that week. The hour-of-day profile alone (``min_weeks=0``) misses it: its noon has seen both."""
+    step, per_day = 5 * 60_000, 24 * 12
+    monday = 1_793_577_600_000  # 2026-11-02 00:00 UTC, a Monday
+    week = 7 * per_day
+    sunday_noon = 3 * week + 6 * per_day + 12 * 12
+    rng = random.Random(22)
+    values = []
+    for i in range(4 * week):
+        weekday, hour = i // per_day % 7 < 5, i // 12 % 24
+        busy = (weekday and 9 <= hour < 17) or sunday_noon <= i < sunday_noon + 6
+        values.append((100.0 if busy else 10.0) + rng.gauss(0.0, 1.0))
+    seasonal = MetricRule.model_validate({"match": ".*", "detector": "seasonal", "min_rel_deviation": 0.0})
+
+    def opened_in_the_last_week(detector: SeasonalProfile | None) -> list[int]:
+        guard = SeriesGuard(seasonal, DEFAULTS, detector)
+        events = [(i, guard.observe(monday + i * step, x)) for i, x in enumerate(values)]
+        return [i for i, t in events if t is not None and t.kind is TransitionKind.OPENED and i >= 3 * week]
+
+    assert opened_in_the_last_week(None) == [sunday_noon]
+    assert opened_in_the_last_week(SeasonalProfile(min_weeks=0)) == []
+
+
+def test_the_weekly_profile_round_trips_in_plain_state_and_old_checkpoints_still_load() -> None:
+    """After three weeks the hours of the week judge the weekend; restored, the next scores are the same. A
+    checkpoint of the hour-of-day profile alone (written before hours of the week existed) loads and goes
+    on with the hours of the day until it has seen its weeks."""
+    seasonal = MetricRule.model_validate({"match": ".*", "detector": "seasonal"})
+    # Unix time starts on a Thursday: days 2 and 3 of every 7 are a weekend
+    step, per_day = 10 * 60_000, 144
+
+    def value(i: int) -> float:
+        weekend = i // per_day % 7 in (2, 3)
+        return 10.0 + (i // 6 % 24) + 20.0 * weekend + random.Random(i).random()
+
+    guard = SeriesGuard(seasonal, DEFAULTS)
+    trained = 3 * 7 * per_day  # ends on a Thursday
+    for i in range(trained):
+        guard.observe(i * step, value(i))
+    state = orjson.loads(orjson.dumps(plain.dump(guard)))
+    copy, old = SeriesGuard(seasonal, DEFAULTS), SeriesGuard(seasonal, DEFAULTS)
+    plain.apply(copy, state)
+    detector = {k: v for k, v in state["detector"]["$obj"].items() if "week" not in k}
+    plain.apply(old, state | {"detector": {"$obj": detector}})
+    saturday_noon = trained + 2 * per_day + 12 * 6
+    for i in range(trained, saturday_noon):
+        assert copy.peek(value(i), i * step) == guard.peek(value(i), i * step)
+        assert copy.observe(i * step, value(i)) == guard.observe(i * step, value(i))
+        old.observe(i * step, value(i))
+    week_low, week_high = copy.detector.expected_range(saturday_noon * step)
+    day_low, day_high = old.detector.expected_range(saturday_noon * step)
+    assert week_low < value(saturday_noon) < week_high  # Saturday noon, from three Saturdays
+    assert week_high - week_low < (day_high - day_low) / 2  # noon of any day: wider, weekends and weekdays
 
 
 def test_the_seasonal_profile_round_trips_its_hours_in_plain_state() -> None:
