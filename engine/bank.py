@@ -242,23 +242,25 @@ class ModelBank:
         if key is None:
             key = sample_key(series.service, family_of(series.metric))
         unit = self.unit(key)
-        rule = self.rule_for(series.metric)
-        guard = unit.guards.get((series.metric, series.instance))
-        if guard is None:
-            guard = unit.guards[(series.metric, series.instance)] = SeriesGuard(rule, self.config.detection)
         self.dirty.add(key)
-        events = []
-        counts = self.counts
+        metric, instance = series.metric, series.instance
+        guard = unit.guards.get((metric, instance))
+        if guard is None:
+            guard = SeriesGuard(self.rule_for(metric), self.config.detection)
+            unit.guards[(metric, instance)] = guard
+        events: list[dict[str, Any]] = []
         for ts, value in series.points:
             skipped = guard.admit(ts)  # the per-series watermark: a re-read point is not learned twice
             if skipped is not None:
+                counts = self.counts
                 counts[skipped] = counts.get(skipped, 0) + 1
                 if trace is not None and value is not None:
                     trace.append((guard.peek(value, ts), False))
                 continue
             transition = guard.end(ts) if value is None else guard.observe(ts, value)
             if transition is not None:
-                events.append(anomaly_event(series.service, series.metric, series.instance, rule, transition))
+                rule = self.rule_for(metric)
+                events.append(anomaly_event(series.service, metric, instance, rule, transition))
             if trace is not None and value is not None:
                 opened = transition is not None and transition.kind is TransitionKind.OPENED
                 trace.append((guard.score, opened))

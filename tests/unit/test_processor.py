@@ -6,8 +6,10 @@ import orjson
 import pytest
 
 from engine.bank import ModelBank
-from engine.config import load_config
+from engine.config import LabelsConfig, load_config
 from engine.processor import Processor, Source
+from engine.raw import RawSeries
+from engine.records import encode_raw
 from engine.samples import Series, analysis_key, encode_batch, family_of, sample_key
 
 NOW = 1_700_000_000_000
@@ -99,3 +101,27 @@ def test_forget_drops_keys_that_moved_away() -> None:
     bank.observe(Series("s", "b", "i", [(NOW, 1.0)]))
     bank.forget(lambda key: key == key_of("s", "a"))
     assert list(bank.units) == [key_of("s", "a")]
+
+
+@pytest.mark.parametrize("default_service", [None, "other"])
+def test_raw_series_are_keyed_and_counted_alike_on_every_record(default_service: str | None) -> None:
+    """Label sets seen before are not read again (their sample key is remembered): the second and third
+    record of the same series must give what the first gave."""
+    config = load_config(None)
+    config = config.model_copy(update={"labels": LabelsConfig(default_service=default_service)})
+    p = processor(ModelBank(config))
+    with_job = (("__name__", "queue_depth"), ("instance", "a:9100"), ("job", "api"))
+    without = (("__name__", "queue_depth"), ("instance", "b:9100"))
+    for i in range(3):
+        raw = encode_raw([RawSeries(with_job, [(NOW + i, 1.0)]), RawSeries(without, [(NOW + i, 2.0)])])
+        outcome = p.handle(raw, SRC, now_ms=NOW + 10)
+        assert outcome.deadletters == []
+        assert outcome.samples == (1 if default_service is None else 2)
+    assert p.raw_samples == 6
+    if default_service is None:
+        assert p.counts["no_service"] == 3
+        assert list(p.bank.units) == [sample_key("api", "queue_depth")]
+    else:
+        assert "no_service" not in p.counts
+        assert list(p.bank.units) == [sample_key("api", "queue_depth"), sample_key("other", "queue_depth")]
+    assert p.bank.units[sample_key("api", "queue_depth")].guards[("queue_depth", "a:9100")].detector.n == 3
