@@ -243,6 +243,30 @@ class ModelBank:
             key = sample_key(series.service, family_of(series.metric))
         unit = self.unit(key)
         self.dirty.add(key)
+        return self._observe(unit, series, trace)
+
+    def observe_all(
+        self, key: bytes, series: Iterable[Series], failed: Callable[[Series, Exception], None]
+    ) -> list[tuple[Series, list[dict[str, Any]]]]:
+        """:meth:`observe` for every series prepared from one key's raw series, the key's unit looked up
+        once; returns each series that caused events, with its events. A series whose model raises is handed
+        to ``failed`` and the others are observed; :class:`CheckpointMismatch` is raised before any is."""
+        unit = self.unit(key)
+        self.dirty.add(key)
+        out = []
+        for s in series:
+            try:
+                events = self._observe(unit, s, None)
+            except Exception as exc:  # noqa: BLE001 - a model's failure costs its series, not the others
+                failed(s, exc)
+                continue
+            if events:
+                out.append((s, events))
+        return out
+
+    def _observe(
+        self, unit: Unit, series: Series, trace: list[tuple[float, bool]] | None
+    ) -> list[dict[str, Any]]:
         metric, instance = series.metric, series.instance
         guard = unit.guards.get((metric, instance))
         if guard is None:

@@ -103,8 +103,7 @@ class Processor:
                         self._reject(Rejected(f"preparation failed: {exc!r}", doc), source)
                     )
                     continue
-                for s in prepared.series:
-                    self._observe(s, key, source, outcome)
+                self._observe_all(key, prepared.series, source, outcome)
         self.processed += outcome.samples
         return outcome
 
@@ -164,6 +163,29 @@ class Processor:
         if events:
             key = analysis_key(s.service, s.metric)
             outcome.events.extend((key, encode(e)) for e in events)
+
+    def _observe_all(self, key: bytes, series: list[Series], source: Source, outcome: Outcome) -> None:
+        """:meth:`_observe` for the series prepared from one key, the key's unit looked up once."""
+
+        def failed(s: Series, exc: Exception) -> None:
+            log.error("series %s/%s/%s failed", s.service, s.metric, s.instance, exc_info=exc)
+            doc = _series_doc(s)
+            outcome.deadletters.append(self._reject(Rejected(f"processing failed: {exc!r}", doc), source))
+            outcome.samples -= len(s.points)
+
+        outcome.samples += sum(len(s.points) for s in series)
+        try:
+            caused = self.bank.observe_all(key, series, failed)
+        except CheckpointMismatch as exc:  # on_checkpoint_mismatch: error; the checkpoint is kept
+            outcome.samples -= sum(len(s.points) for s in series)
+            for s in series:
+                doc = _series_doc(s)
+                outcome.deadletters.append(self._reject(Rejected(f"checkpoint mismatch: {exc}", doc), source))
+            return
+        events = outcome.events
+        for s, evs in caused:
+            analysis = analysis_key(s.service, s.metric)
+            events.extend((analysis, encode(e)) for e in evs)
 
     def _reject(self, r: Rejected, source: Source) -> bytes:
         self.deadlettered += 1

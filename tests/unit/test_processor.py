@@ -7,6 +7,7 @@ import pytest
 
 from engine.bank import ModelBank
 from engine.config import LabelsConfig, load_config
+from engine.guard import SeriesGuard
 from engine.processor import Processor, Source
 from engine.raw import RawSeries
 from engine.records import encode_raw
@@ -125,3 +126,29 @@ def test_raw_series_are_keyed_and_counted_alike_on_every_record(default_service:
         assert "no_service" not in p.counts
         assert list(p.bank.units) == [sample_key("api", "queue_depth"), sample_key("other", "queue_depth")]
     assert p.bank.units[sample_key("api", "queue_depth")].guards[("queue_depth", "a:9100")].detector.n == 3
+
+
+def test_a_failing_model_costs_one_raw_series_not_the_others_of_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Raw series are observed per key (the key's unit looked up once): one model's failure still costs only
+    its own series, dead-lettered with the reason."""
+    real = SeriesGuard.observe
+
+    def flaky(self: SeriesGuard, ts_ms: int, value: float) -> object:
+        if value == 13.0:
+            raise ZeroDivisionError("model bug")
+        return real(self, ts_ms, value)
+
+    monkeypatch.setattr(SeriesGuard, "observe", flaky)
+    labels = [(("__name__", "q"), ("instance", f"i{n}"), ("job", "api")) for n in range(3)]
+    raw = encode_raw([RawSeries(lab, [(NOW, v)]) for lab, v in zip(labels, (1.0, 13.0, 2.0), strict=True)])
+    p = processor()
+    outcome = p.handle(raw, SRC, now_ms=NOW)
+    assert outcome.samples == 2
+    assert p.processed == 2
+    [dead] = [orjson.loads(d) for d in outcome.deadletters]
+    assert "model bug" in dead["reason"]
+    assert dead["payload"]["instance"] == "i1"
+    guards = p.bank.units[sample_key("api", "q")].guards
+    assert guards[("q", "i0")].detector.n == guards[("q", "i2")].detector.n == 1
