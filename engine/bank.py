@@ -249,25 +249,50 @@ class ModelBank:
         if key is None:
             key = sample_key(series.service, family_of(series.metric))
         unit = self.unit(key)
-        rule = self.rule_for(series.metric)
-        guard = unit.guards.get((series.metric, series.instance))
+        self.dirty.add(key)
+        return self._observe(unit, series, trace)
+
+    def observe_all(
+        self, key: bytes, series: Iterable[Series], failed: Callable[[Series, Exception], None]
+    ) -> list[tuple[Series, list[dict[str, Any]]]]:
+        """:meth:`observe` for every series prepared from one key's raw series, the key's unit looked up
+        once; returns each series that caused events, with its events. A series whose model raises is handed
+        to ``failed`` and the others are observed; :class:`CheckpointMismatch` is raised before any is."""
+        unit = self.unit(key)
+        self.dirty.add(key)
+        out = []
+        for s in series:
+            try:
+                events = self._observe(unit, s, None)
+            except Exception as exc:  # noqa: BLE001 - a model's failure costs its series, not the others
+                failed(s, exc)
+                continue
+            if events:
+                out.append((s, events))
+        return out
+
+    def _observe(
+        self, unit: Unit, series: Series, trace: list[tuple[float, bool]] | None
+    ) -> list[dict[str, Any]]:
+        metric, instance = series.metric, series.instance
+        guard = unit.guards.get((metric, instance))
         if guard is None:
             first = next(((ts, v) for ts, v in series.points if v is not None), None)
-            guard = self._new_guard(unit, series.metric, rule, first)
-            unit.guards[(series.metric, series.instance)] = guard
-        self.dirty.add(key)
-        events = []
-        counts = self.counts
+            guard = self._new_guard(unit, metric, self.rule_for(metric), first)
+            unit.guards[(metric, instance)] = guard
+        events: list[dict[str, Any]] = []
         for ts, value in series.points:
             skipped = guard.admit(ts)  # the per-series watermark: a re-read point is not learned twice
             if skipped is not None:
+                counts = self.counts
                 counts[skipped] = counts.get(skipped, 0) + 1
                 if trace is not None and value is not None:
                     trace.append((guard.peek(value, ts), False))
                 continue
             transition = guard.end(ts) if value is None else guard.observe(ts, value)
             if transition is not None:
-                event = anomaly_event(series.service, series.metric, series.instance, rule, transition)
+                rule = self.rule_for(metric)
+                event = anomaly_event(series.service, metric, instance, rule, transition)
                 self._with_deployment(event, series.service, transition.window_start_ms)
                 events.append(event)
             if trace is not None and value is not None:

@@ -21,8 +21,8 @@ from engine.bank import CheckpointMismatch, ModelBank
 from engine.errors import BadRecord
 from engine.events import encode
 from engine.preparation import Count
-from engine.raw import RawSeries
-from engine.records import decode_record
+from engine.raw import Labels, RawSeries
+from engine.records import LABEL_CACHE, LabelCache, decode_record
 from engine.samples import Rejected, Series, analysis_key, family_of, sample_key
 from engine.status import StatusBoard
 
@@ -68,6 +68,9 @@ class Processor:
     raw_samples: int = 0  # raw samples (and native histograms) received
     #: the series judged since the last status flush (engine.status); None: no status published
     status: StatusBoard | None = None
+    #: label sets checked before (decoding), and the sample key of each (``None``: no service)
+    labels: LabelCache = field(default_factory=LabelCache)
+    _keys: dict[Labels, bytes | None] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -77,7 +80,7 @@ class Processor:
         outcome = Outcome()
         now = int(time.time() * 1000) if now_ms is None else now_ms
         try:
-            decoded = decode_record(raw, now_ms=now, max_future_ms=self.max_future_ms)
+            decoded = decode_record(raw, now_ms=now, max_future_ms=self.max_future_ms, labels=self.labels)
         except BadRecord as exc:
             outcome.deadletters.append(deadletter(str(exc), source, raw=raw or b""))
             self.deadlettered += 1
@@ -103,33 +106,47 @@ class Processor:
                         self._reject(Rejected(f"preparation failed: {exc!r}", doc), source)
                     )
                     continue
-                for s in prepared.series:
-                    self._observe(s, key, source, outcome)
+                self._observe_all(key, prepared.series, source, outcome)
         self.processed += outcome.samples
         return outcome
 
     def _by_key(self, series: list[RawSeries]) -> dict[bytes, list[RawSeries]]:
         """Raw series by sample key; those without a service (and no default) are counted and dropped."""
-        labels = self.bank.config.labels
-        service_label, default = labels.service, labels.default_service
         out: dict[bytes, list[RawSeries]] = {}
+        keys = self._keys
         counts = self.bank.counts
+        raw_samples = 0
         for s in series:
-            self.raw_samples += len(s.samples) + len(s.histograms)
-            service = default
-            name = ""
-            for k, v in s.labels:
-                if k == service_label and v:
-                    service = v
-                elif k == "__name__":
-                    name = v
-            if service is None:
-                counts[Count.NO_SERVICE] = (
-                    counts.get(Count.NO_SERVICE, 0) + len(s.samples) + len(s.histograms)
-                )
+            n = len(s.samples) + len(s.histograms)
+            raw_samples += n
+            labels = s.labels
+            key = keys[labels] if labels in keys else self._key_of(labels)
+            if key is None:
+                counts[Count.NO_SERVICE] = counts.get(Count.NO_SERVICE, 0) + n
                 continue
-            out.setdefault(sample_key(service, family_of(name)), []).append(s)
+            group = out.get(key)
+            if group is None:
+                out[key] = [s]
+            else:
+                group.append(s)
+        self.raw_samples += raw_samples
         return out
+
+    def _key_of(self, labels: Labels) -> bytes | None:
+        """The sample key of a label set (remembered), ``None`` when it has no service and there is no
+        default service."""
+        config = self.bank.config.labels
+        service, name = config.default_service, ""
+        for k, v in labels:
+            if k == config.service and v:
+                service = v
+            elif k == "__name__":
+                name = v
+        key = None if service is None else sample_key(service, family_of(name))
+        if len(self._keys) >= LABEL_CACHE:
+            self._keys.clear()
+        self._keys[labels] = key
+        return key
 
     def _observe(self, s: Series, key: bytes, source: Source, outcome: Outcome) -> None:
         try:
@@ -148,8 +165,40 @@ class Processor:
         outcome.samples += len(s.points)
         if self.status is not None and s.points:  # the status hook: the latest point, one dict write
             self.status.changed[(key, s.service, s.metric, s.instance)] = s.points[-1]
-        key = analysis_key(s.service, s.metric)
-        outcome.events.extend((key, encode(e)) for e in events)
+        if events:
+            analysis = analysis_key(s.service, s.metric)
+            outcome.events.extend((analysis, encode(e)) for e in events)
+
+    def _observe_all(self, key: bytes, series: list[Series], source: Source, outcome: Outcome) -> None:
+        """:meth:`_observe` for the series prepared from one key, the key's unit looked up once."""
+
+        broken: set[int] = set()
+
+        def failed(s: Series, exc: Exception) -> None:
+            broken.add(id(s))
+            log.error("series %s/%s/%s failed", s.service, s.metric, s.instance, exc_info=exc)
+            doc = _series_doc(s)
+            outcome.deadletters.append(self._reject(Rejected(f"processing failed: {exc!r}", doc), source))
+            outcome.samples -= len(s.points)
+
+        outcome.samples += sum(len(s.points) for s in series)
+        try:
+            caused = self.bank.observe_all(key, series, failed)
+        except CheckpointMismatch as exc:  # on_checkpoint_mismatch: error; the checkpoint is kept
+            outcome.samples -= sum(len(s.points) for s in series)
+            for s in series:
+                doc = _series_doc(s)
+                outcome.deadletters.append(self._reject(Rejected(f"checkpoint mismatch: {exc}", doc), source))
+            return
+        status = self.status
+        if status is not None:  # the status hook: the latest point of each series judged, one dict write
+            for s in series:
+                if s.points and id(s) not in broken:
+                    status.changed[(key, s.service, s.metric, s.instance)] = s.points[-1]
+        events = outcome.events
+        for s, evs in caused:
+            analysis = analysis_key(s.service, s.metric)
+            events.extend((analysis, encode(e)) for e in evs)
 
     def _reject(self, r: Rejected, source: Source) -> bytes:
         self.deadlettered += 1

@@ -6,8 +6,11 @@ import orjson
 import pytest
 
 from engine.bank import ModelBank
-from engine.config import load_config
+from engine.config import LabelsConfig, load_config
+from engine.guard import SeriesGuard
 from engine.processor import Processor, Source
+from engine.raw import RawSeries
+from engine.records import encode_raw
 from engine.samples import Series, analysis_key, encode_batch, family_of, sample_key
 
 NOW = 1_700_000_000_000
@@ -99,3 +102,53 @@ def test_forget_drops_keys_that_moved_away() -> None:
     bank.observe(Series("s", "b", "i", [(NOW, 1.0)]))
     bank.forget(lambda key: key == key_of("s", "a"))
     assert list(bank.units) == [key_of("s", "a")]
+
+
+@pytest.mark.parametrize("default_service", [None, "other"])
+def test_raw_series_are_keyed_and_counted_alike_on_every_record(default_service: str | None) -> None:
+    """Label sets seen before are not read again (their sample key is remembered): the second and third
+    record of the same series must give what the first gave."""
+    config = load_config(None)
+    config = config.model_copy(update={"labels": LabelsConfig(default_service=default_service)})
+    p = processor(ModelBank(config))
+    with_job = (("__name__", "queue_depth"), ("instance", "a:9100"), ("job", "api"))
+    without = (("__name__", "queue_depth"), ("instance", "b:9100"))
+    for i in range(3):
+        raw = encode_raw([RawSeries(with_job, [(NOW + i, 1.0)]), RawSeries(without, [(NOW + i, 2.0)])])
+        outcome = p.handle(raw, SRC, now_ms=NOW + 10)
+        assert outcome.deadletters == []
+        assert outcome.samples == (1 if default_service is None else 2)
+    assert p.raw_samples == 6
+    if default_service is None:
+        assert p.counts["no_service"] == 3
+        assert list(p.bank.units) == [sample_key("api", "queue_depth")]
+    else:
+        assert "no_service" not in p.counts
+        assert list(p.bank.units) == [sample_key("api", "queue_depth"), sample_key("other", "queue_depth")]
+    assert p.bank.units[sample_key("api", "queue_depth")].guards[("queue_depth", "a:9100")].detector.n == 3
+
+
+def test_a_failing_model_costs_one_raw_series_not_the_others_of_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Raw series are observed per key (the key's unit looked up once): one model's failure still costs only
+    its own series, dead-lettered with the reason."""
+    real = SeriesGuard.observe
+
+    def flaky(self: SeriesGuard, ts_ms: int, value: float) -> object:
+        if value == 13.0:
+            raise ZeroDivisionError("model bug")
+        return real(self, ts_ms, value)
+
+    monkeypatch.setattr(SeriesGuard, "observe", flaky)
+    labels = [(("__name__", "q"), ("instance", f"i{n}"), ("job", "api")) for n in range(3)]
+    raw = encode_raw([RawSeries(lab, [(NOW, v)]) for lab, v in zip(labels, (1.0, 13.0, 2.0), strict=True)])
+    p = processor()
+    outcome = p.handle(raw, SRC, now_ms=NOW)
+    assert outcome.samples == 2
+    assert p.processed == 2
+    [dead] = [orjson.loads(d) for d in outcome.deadletters]
+    assert "model bug" in dead["reason"]
+    assert dead["payload"]["instance"] == "i1"
+    guards = p.bank.units[sample_key("api", "q")].guards
+    assert guards[("q", "i0")].detector.n == guards[("q", "i2")].detector.n == 1

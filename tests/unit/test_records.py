@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from engine.errors import BadRecord
 from engine.raw import MetricKind, NativeHistogram, RawSeries
-from engine.records import MAX_BUCKETS, MAX_LABEL_VALUE, MAX_LABELS, decode_record, encode_raw
+from engine.records import (
+    MAX_BUCKETS,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    LabelCache,
+    decode_record,
+    encode_raw,
+)
 from engine.samples import PREPARED_KIND, RAW_KIND, Series, encode_batch
 
 NOW = 1_700_000_000_000
@@ -132,33 +139,73 @@ def test_broken_records_are_refused_whole_with_a_reason(doc: bytes, reason: str)
 HUGE = "x" * (MAX_LABEL_VALUE + 1)
 
 
-@pytest.mark.parametrize(
-    ("series", "reason"),
-    [
-        ("not an object", "series must be an object"),
-        ({"samples": [[NOW, 1.0]]}, "'labels' must be an object"),
-        ({"labels": ["__name__", "x"], "samples": []}, "'labels' must be an object"),
-        ({"labels": {"job": "a"}, "samples": [[NOW, 1.0]]}, "non-empty '__name__'"),
-        ({"labels": {"__name__": "x", "job": 1}, "samples": []}, "must be a string"),
-        ({"labels": {"__name__": "x", "job": {"deep": {"er": []}}}, "samples": []}, "must be a string"),
-        ({"labels": {"__name__": "x", "job": HUGE}, "samples": []}, "longer than"),
-        ({"labels": {"__name__": "x", "y" * 2000: "a"}, "samples": []}, "label names must have"),
-        ({"labels": {"__name__": "x", **{f"l{i}": "v" for i in range(MAX_LABELS)}}}, "labels, at most"),
-        (good(type="countr"), "'type' must be one of"),
-        (good(type=1), "'type' must be one of"),
-        (good(created_ms=-1), "'created_ms'"),
-        (good(created_ms=True), "'created_ms'"),
-        (good(created_ms=NOW + 2 * FUTURE), "'created_ms'"),
-        (good(samples={"a": 1}), "must be lists"),
-        (good(unexpected=1), "unknown series fields"),
-    ],
-)
+BAD_SERIES: list[tuple[Any, str]] = [
+    ("not an object", "series must be an object"),
+    ({"samples": [[NOW, 1.0]]}, "'labels' must be an object"),
+    ({"labels": ["__name__", "x"], "samples": []}, "'labels' must be an object"),
+    ({"labels": {"job": "a"}, "samples": [[NOW, 1.0]]}, "non-empty '__name__'"),
+    ({"labels": {"__name__": "x", "job": 1}, "samples": []}, "must be a string"),
+    ({"labels": {"__name__": "x", "job": {"deep": {"er": []}}}, "samples": []}, "must be a string"),
+    ({"labels": {"__name__": "x", "job": HUGE}, "samples": []}, "longer than"),
+    ({"labels": {"__name__": "x", "y" * 2000: "a"}, "samples": []}, "label names must have"),
+    ({"labels": {"__name__": "x", **{f"l{i}": "v" for i in range(MAX_LABELS)}}}, "labels, at most"),
+    (good(type="countr"), "'type' must be one of"),
+    (good(type=1), "'type' must be one of"),
+    (good(created_ms=-1), "'created_ms'"),
+    (good(created_ms=True), "'created_ms'"),
+    (good(created_ms=NOW + 2 * FUTURE), "'created_ms'"),
+    (good(samples={"a": 1}), "must be lists"),
+    (good(unexpected=1), "unknown series fields"),
+]
+
+
+@pytest.mark.parametrize(("series", "reason"), BAD_SERIES)
 def test_bad_raw_series_are_refused_with_a_reason_and_the_rest_is_kept(series: Any, reason: str) -> None:
     got = decode(raw_record(series, good()))
     assert len(got.raw) == 1  # the good one beside it
     [rejected] = got.rejected
     assert reason in rejected.reason
     assert rejected.payload == series
+
+
+@pytest.mark.parametrize(("series", "reason"), BAD_SERIES)
+def test_bad_raw_series_are_refused_every_time_through_a_label_cache(series: Any, reason: str) -> None:
+    cache = LabelCache()
+    for _ in range(3):
+        got = decode_record(
+            orjson.dumps(raw_record(series, good())), now_ms=NOW, max_future_ms=FUTURE, labels=cache
+        )
+        assert len(got.raw) == 1
+        [rejected] = got.rejected
+        assert reason in rejected.reason
+    assert len(cache) == 1  # the good label set only: nothing refused is remembered
+
+
+def test_a_label_cache_checks_a_label_set_once_and_hands_out_the_same_sorted_labels() -> None:
+    cache = LabelCache()
+    labels = {"job": "api", "__name__": "x_total", "code": "500"}
+    records = [raw_record({"labels": labels, "samples": [[NOW + i, 1.0]]}) for i in range(2)]
+    first, second = (
+        decode_record(orjson.dumps(r), now_ms=NOW, max_future_ms=FUTURE, labels=cache) for r in records
+    )
+    assert first.raw[0].labels == (("__name__", "x_total"), ("code", "500"), ("job", "api"))
+    assert second.raw[0].labels is first.raw[0].labels
+    assert second.raw[0].samples == [(NOW + 1, 1.0)]
+    reordered = raw_record({"labels": dict(reversed(labels.items())), "samples": [[NOW, 1.0]]})
+    got = decode_record(orjson.dumps(reordered), now_ms=NOW, max_future_ms=FUTURE, labels=cache)
+    assert got.raw[0].labels == first.raw[0].labels
+    uncached = decode(records[0])
+    assert uncached.raw == first.raw
+
+
+def test_a_full_label_cache_starts_again_and_still_decodes_right() -> None:
+    cache = LabelCache(limit=2)
+    for i in range(5):
+        doc = raw_record({"labels": {"__name__": "x", "job": f"j{i}"}, "samples": [[NOW, float(i)]]})
+        [s] = decode_record(orjson.dumps(doc), now_ms=NOW, max_future_ms=FUTURE, labels=cache).raw
+        assert s.labels == (("__name__", "x"), ("job", f"j{i}"))
+        assert s.samples == [(NOW, float(i))]
+        assert 1 <= len(cache) <= 2
 
 
 @pytest.mark.parametrize(
