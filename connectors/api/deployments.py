@@ -31,6 +31,9 @@ class DeploymentLog:
         self.known = Deployments()
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._follower = DeploymentFollower(config.kafka, self.known)
+        #: set once the deployments the topic held at the start are known
+        self.ready = self._follower.caught_up
 
     async def start(self) -> None:
         k = self.config.kafka
@@ -40,8 +43,7 @@ class DeploymentLog:
         )
         extra = {"max_batch_size": 1} if k.embedded_quirks else {}
         self._producer = await start_producer(k, **extra)
-        follower = DeploymentFollower(k, self.known)
-        self._task = asyncio.create_task(follower.run(), name="vigil-api-deployments")
+        self._task = asyncio.create_task(self._follower.run(), name="vigil-api-deployments")
 
     async def stop(self) -> None:
         if self._task is not None:

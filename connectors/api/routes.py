@@ -122,6 +122,8 @@ async def _ready(request: web.Request) -> web.Response:
             "the status and verdict topics are not read from Kafka yet",
             {"Retry-After": "1"},
         )
+    if not api.deployments.ready.is_set():
+        return error(503, "not_ready", "the deployments topic is not read yet", {"Retry-After": "1"})
     return web.Response(text="Vigil API is ready.\n")
 
 

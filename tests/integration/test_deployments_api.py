@@ -34,10 +34,19 @@ def config(broker: EmbeddedBroker) -> VigilConfig:
     return base.model_copy(update={"api": base.api.model_copy(update={"port": 0, "max_body_bytes": 65_536})})
 
 
-@pytest_asyncio.fixture
-async def server(config: VigilConfig) -> AsyncIterator[ApiServer]:
+async def ready(config: VigilConfig) -> ApiServer:
+    """An API whose topics are read (its consumers are started: a stop cannot catch one connecting)."""
     s = ApiServer(config)
     await s.start()
+    async with asyncio.timeout(60):
+        for event in (s.api.jobs.ready, s.api.views.ready, s.api.deployments.ready):
+            await event.wait()
+    return s
+
+
+@pytest_asyncio.fixture
+async def server(config: VigilConfig) -> AsyncIterator[ApiServer]:
+    s = await ready(config)
     yield s
     await s.stop()
 
@@ -78,8 +87,7 @@ async def test_a_deployment_is_recorded_once_and_known_to_a_replica_started_late
     assert status == 200
     assert again == created  # the first report's time is kept
     await server.stop()
-    other = ApiServer(config)
-    await other.start()
+    other = await ready(config)
     try:
         assert await listed(other, "checkout") == [created]
         status, everything = await call(other, "GET", URL)
