@@ -78,6 +78,7 @@ async def started(config: VigilConfig) -> ApiServer:
     async with asyncio.timeout(60):
         await server.api.jobs.ready.wait()
         await server.api.views.ready.wait()  # /-/ready also waits for the status and verdict topics
+        await server.api.deployments.ready.wait()  # and for the deployments topic
     return server
 
 
