@@ -28,7 +28,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.config import KafkaConfig
-from engine.errors import ConfigError
+from engine.errors import ConfigError, first_error
 from engine.events import iso
 from engine.follower import Records, follow_topic
 
@@ -112,9 +112,7 @@ def parse_deployment(doc: object, now_ms: int | None = None) -> Deployment:
     try:
         r = DeploymentRequest.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "deployment"
-        raise ConfigError(f"{where}: {first['msg']}") from None
+        raise first_error(exc, "deployment") from None
     if r.time is not None:
         at = int(r.time.timestamp() * 1000)
     else:

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 
 from aiokafka import AIOKafkaProducer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from connectors.api.flagger import Payload
 from connectors.kafka import ensure_topics, start_producer
 from engine.config import VigilConfig
 from engine.deployments import Deployment, DeploymentFollower, Deployments, parse_deployment
-from engine.errors import ConfigError
+from engine.errors import ConfigError, first_error
 
 #: Flagger's message when a canary's target changed (pkg/controller/scheduler.go): the rollout starts
 FLAGGER_NEW_REVISION = "New revision detected"
@@ -71,16 +72,6 @@ class DeploymentLog:
         return d, True
 
 
-class _FlaggerEvent(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")  # Flagger adds fields over its versions
-
-    name: str = Field(min_length=1, max_length=253)
-    namespace: str = Field(min_length=1, max_length=253)
-    phase: str = Field(default="", max_length=64)
-    checksum: str = Field(default="", max_length=256)
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
-
-
 def flagger_event(doc: object) -> Deployment | str:
     """The deployment a Flagger event reports, or why it reports none (Flagger sends an event for every
     step of a canary; the one saying a new revision was detected starts a rollout).
@@ -88,11 +79,9 @@ def flagger_event(doc: object) -> Deployment | str:
     ``metadata.service`` defaults to the canary's name, ``metadata.version`` to the payload's checksum
     (Flagger's hash of the target's spec); the time is the event's ``timestamp`` (Unix ms)."""
     try:
-        event = _FlaggerEvent.model_validate(doc)
+        event = Payload.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "payload"
-        raise ConfigError(f"{where}: {first['msg']}") from None
+        raise first_error(exc, "payload") from None
     meta = event.metadata
     if not meta.get("eventMessage", "").startswith(FLAGGER_NEW_REVISION):
         return "not a new revision"

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.api.jobs import now_ms, state_of
-from engine.errors import ConfigError
+from engine.errors import ConfigError, first_error
 
 CHECKS = (
     "confirm-rollout",
@@ -72,9 +72,7 @@ def request_of(doc: object) -> dict[str, Any]:
     try:
         payload = Payload.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "payload"
-        raise ConfigError(f"{where}: {first['msg']}") from None
+        raise first_error(exc, "payload") from None
     meta = payload.metadata
     unknown = sorted(set(meta) - {*FIELDS, "pack"})
     if unknown:

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.config import Direction, MetricType, PackName, Sensitivity, VigilConfig
-from engine.errors import ConfigError
+from engine.errors import ConfigError, first_error
 from engine.packs import load_pack, render
 from engine.verification.judge import ALPHA, MetricSpec, Settings
 
@@ -246,9 +246,7 @@ def parse_request(doc: object) -> Request:
     try:
         return Request.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise ConfigError(f"{where}: {first['msg']}") from None
+        raise first_error(exc, "request") from None
 
 
 @dataclass(frozen=True, slots=True)
