@@ -12,8 +12,9 @@ three stages makes it, and the rule's ignore thresholds have the last word:
   of red samples only the first counts, is the guard's job here: one page per episode, see
   :mod:`engine.guard`; measured on NAB, the filter added nothing on top of it.)
 * :class:`NewExtreme` — a value beyond everything the series has shown, by more than ``share`` of the range
-  seen so far, scores ``1 + (excess beyond the tolerance) / range`` (risk direction only; the rule's
-  ``new_extreme``, on for the catch-all rule only).
+  seen so far, and at least :data:`EXTREME_STEPS` typical sample-to-sample steps from its recent level,
+  scores ``1 + (excess beyond the tolerance) / range`` (risk direction only; the rule's ``new_extreme``, on
+  for the catch-all rule only).
 * Overwhelming raw scores — the likelihood judges raw scores against their own history, so a history that
   holds a regime change (a flat series turning noisy) makes it deaf for a while; a raw score of at least
   :data:`RAW_OPEN` (60 sigma for the level/spread detector) opens on its own, scoring the ratio of its odds
@@ -33,7 +34,16 @@ from types import MappingProxyType
 
 from engine.config import Direction, MetricRule, Sensitivity
 
-__all__ = ["IGNORED_CAP", "RAW_OPEN", "TAIL_OPEN", "Calibrator", "Likelihood", "NewExtreme", "log_tail"]
+__all__ = [
+    "EXTREME_STEPS",
+    "IGNORED_CAP",
+    "RAW_OPEN",
+    "TAIL_OPEN",
+    "Calibrator",
+    "Likelihood",
+    "NewExtreme",
+    "log_tail",
+]
 
 #: Sensitivity → per-sample tail probability of the likelihood stage that opens an anomaly (s = 1).
 TAIL_OPEN: MappingProxyType[Sensitivity, float] = MappingProxyType(
@@ -48,6 +58,13 @@ BLOCKS = 30
 RAW_OPEN = 60.0 / (60.0 + 3.0)
 #: Highest score of a deviation inside the rule's ignore thresholds.
 IGNORED_CAP = 0.9
+#: A new extreme opens only this many typical steps (mean |successive difference|) from the recent level;
+#: half-lives, in samples, of that typical step and of the level.
+EXTREME_STEPS = 6.0
+STEP_HALF_LIFE = 300.0
+LEVEL_HALF_LIFE = 30.0
+_STEP_ALPHA = 1.0 - 0.5 ** (1.0 / STEP_HALF_LIFE)
+_LEVEL_ALPHA = 1.0 - 0.5 ** (1.0 / LEVEL_HALF_LIFE)
 
 _SQRT2 = math.sqrt(2.0)
 _LN_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -152,9 +169,17 @@ class Likelihood:
 
 
 class NewExtreme:
-    """A value beyond the series' earlier minimum or maximum by more than ``share`` of that range."""
+    """A value beyond the series' earlier minimum or maximum by more than ``share`` of that range, and
+    at least :data:`EXTREME_STEPS` typical steps from the recent level.
 
-    __slots__ = ("_share", "_sign", "high", "low", "n")
+    The second condition keeps noise from opening: a Gaussian series sets a record now and then (about
+    ln(n) of them), a hair beyond the range but a few sigma from its level; an incident's jump is many
+    times the series' usual sample-to-sample change. The typical step is the running mean absolute
+    difference of successive values (half-life :data:`STEP_HALF_LIFE` samples), the level a running mean
+    (half-life :data:`LEVEL_HALF_LIFE`).
+    """
+
+    __slots__ = ("_share", "_sign", "high", "level", "low", "n", "previous", "step", "steps")
 
     def __init__(self, *, share: float, direction: Direction = Direction.BOTH) -> None:
         if share < 0:
@@ -164,6 +189,10 @@ class NewExtreme:
         self.n = 0
         self.low = 0.0
         self.high = 0.0
+        self.level = 0.0
+        self.previous = 0.0
+        self.step = 0.0  # running mean |x - previous|
+        self.steps = 0  # differences in ``step`` (0 in a checkpoint from before the step gate: gate off)
 
     def observe(self, x: float, *, learn: bool = True) -> float:
         """The normalised score of ``x`` (0 when it is no new extreme); ``learn`` widens the range."""
@@ -175,14 +204,21 @@ class NewExtreme:
                 above = x - self.high - tolerance if self._sign >= 0 else -1.0
                 below = self.low - x - tolerance if self._sign <= 0 else -1.0
                 excess = max(above, below)
-                if excess > 0.0:
+                if excess > 0.0 and (not self.steps or abs(x - self.level) >= EXTREME_STEPS * self.step):
                     score = 1.0 + excess / span
         if learn:
             if self.n == 0:
-                self.low = self.high = x
+                self.low = self.high = self.level = x
             else:
                 self.low = min(self.low, x)
                 self.high = max(self.high, x)
+                self.level += _LEVEL_ALPHA * (x - self.level)
+                difference = abs(x - self.previous)
+                self.steps += 1
+                self.step = (
+                    difference if self.steps == 1 else self.step + _STEP_ALPHA * (difference - self.step)
+                )
+            self.previous = x
             self.n += 1
         return score
 

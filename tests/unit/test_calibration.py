@@ -16,6 +16,7 @@ from engine.calibration import (
     RAW_OPEN,
     TAIL_OPEN,
     Calibrator,
+    EXTREME_STEPS,
     Likelihood,
     NewExtreme,
     log_tail,
@@ -72,10 +73,18 @@ def test_sensitivities_keep_their_false_alarm_rate_on_any_noise(noise: str) -> N
     assert rates[Sensitivity.HIGH] >= rates[Sensitivity.MEDIUM] >= rates[Sensitivity.LOW]
 
 
+def steady(stage: NewExtreme, values: tuple[float, ...] = (0.0, 100.0, 50.0), n: int = 3) -> None:
+    """Learn a range of 0..100 with ``n`` values, then 2,000 values near 50 in steps of 1: the typical
+    step ends near 1, the level near 50."""
+    for x in values[:n]:
+        stage.observe(x)
+    for i in range(2000):
+        stage.observe(50.0 + (i % 2))
+
+
 def test_new_extreme_beyond_the_range_by_more_than_the_share() -> None:
     stage = NewExtreme(share=0.02)
-    for x in (0.0, 100.0, 50.0):
-        stage.observe(x)
+    steady(stage)
     assert stage.observe(101.9, learn=False) == 0.0  # within 2 % of the range
     assert stage.observe(104.0, learn=False) == pytest.approx(1.02)  # 2 beyond the tolerance, range 100
     assert stage.observe(-3.0, learn=False) == pytest.approx(1.01)
@@ -83,12 +92,34 @@ def test_new_extreme_beyond_the_range_by_more_than_the_share() -> None:
     assert stage.high == 150.0  # learned: the range widens
 
 
+def test_a_new_extreme_only_a_few_typical_steps_from_the_level_is_noise() -> None:
+    """A record a hair beyond the range that is also close to the recent level (a noisy series' next
+    record) does not count; the same excess after a jump of many typical steps does."""
+    stage = NewExtreme(share=0.02)
+    for i in range(2000):  # level near 100, range 96..104, typical step near 8
+        stage.observe(100.0 + (4.0 if i % 2 else -4.0) * (1.0 if i % 7 else 0.5))
+    assert stage.high == 104.0
+    near = stage.high + 0.1 * (stage.high - stage.low) + 1.0  # beyond the tolerance, one step from the level
+    assert abs(near - stage.level) < EXTREME_STEPS * stage.step
+    assert stage.observe(near, learn=False) == 0.0
+    far = stage.level + 2 * EXTREME_STEPS * stage.step
+    assert stage.observe(far, learn=False) > 1.0
+
+
+def test_on_a_flat_series_any_new_extreme_counts() -> None:
+    stage = NewExtreme(share=0.02)
+    for x in [0.0, 100.0] + [50.0] * 6000:
+        stage.observe(x)
+    assert stage.step < 0.01
+    assert stage.observe(101.0, learn=False) == 0.0  # within the tolerance
+    assert stage.observe(102.5, learn=False) > 1.0
+
+
 def test_new_extreme_respects_the_risk_direction_and_can_be_off() -> None:
     higher = NewExtreme(share=0.02, direction=Direction.HIGHER)
     off = NewExtreme(share=0.0)
     for stage in (higher, off):
-        for x in (0.0, 100.0):
-            stage.observe(x)
+        steady(stage)
     assert higher.observe(-50.0) == 0.0
     assert higher.observe(200.0) > 1.0
     assert off.observe(1e9) == 0.0
