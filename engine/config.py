@@ -202,9 +202,9 @@ class MetricRule(Frozen):
         default=0.0,
         ge=0,
         le=10,
-        description="a value beyond the series' earlier range by more than this share of it is an anomaly "
-        "(0: off). Worth 18 NAB points, but it also opens on the records unbounded noise sets now and then "
-        "and on a seasonal series' first cycle",
+        description="a value beyond the series' earlier range by more than this share of it, and at least "
+        "6 typical steps from its recent level, is an anomaly (0: off). Worth 14 NAB points, but it also "
+        "opens on the records of strongly autocorrelated noise and on a seasonal series' first cycle",
     )
 
     @field_validator("match")
@@ -608,6 +608,13 @@ class NotifyEvent(StrEnum):
     RESOLVED = "resolved"
 
 
+class MinHealth(StrEnum):
+    """The service health states a notifier can require (see :mod:`engine.health`)."""
+
+    OBSERVE = "observe"
+    UNHEALTHY = "unhealthy"
+
+
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 
 #: settings each type needs (one of each tuple) and allows
@@ -657,6 +664,11 @@ class NotifierConfig(Frozen):
     events: tuple[NotifyEvent, ...] = Field(
         default=(NotifyEvent.OPENED, NotifyEvent.RESOLVED), description="which changes to send"
     )
+    min_health: MinHealth | None = Field(
+        default=None,
+        description="only anomalies of a service whose health is at least this (observe | unhealthy); "
+        "an opening waits until its service gets there, and is dropped if it resolves first",
+    )
     group_interval_s: float = Field(
         default=10.0, gt=0, le=600, description="slack, pagerduty: one message per service per interval"
     )
@@ -675,11 +687,6 @@ class NotifierConfig(Frozen):
     def _shape(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        if "min_health" in data:
-            raise ValueError(
-                "min_health is not supported yet: the notifiers do not follow service health (the API "
-                "has it: /api/v1/services, vigil_service_health); filter with services and metric_types"
-            )
         inline = [k for k in ("secret", "webhook_url", "routing_key") if k in data]
         if inline:
             raise ValueError(f"{inline[0]} cannot be given inline: use {inline[0]}_file or {inline[0]}_env")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from engine.config import MetricType
+from engine.config import MetricType, MinHealth
 from engine.guard import SeriesState
 
 
@@ -39,6 +39,18 @@ class Health(StrEnum):
     HEALTHY = "healthy"
     OBSERVE = "observe"
     UNHEALTHY = "unhealthy"
+
+
+_RANK: Final = {Health.LEARNING: 0, Health.HEALTHY: 1, Health.OBSERVE: 2, Health.UNHEALTHY: 3}
+
+
+def at_least(health: Health, minimum: MinHealth) -> bool:
+    """Whether ``health`` is ``minimum`` or worse (a notifier's ``min_health``).
+
+    >>> at_least(Health.UNHEALTHY, MinHealth.OBSERVE), at_least(Health.HEALTHY, MinHealth.OBSERVE)
+    (True, False)
+    """
+    return _RANK[health] >= _RANK[Health(minimum.value)]
 
 
 #: points per open anomaly, by the type of the rule that judged its series

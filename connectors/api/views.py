@@ -243,12 +243,14 @@ class ViewFollower:
 
     ``ready`` once every partition of both topics has been read up to where it ended at start (or after a
     quiet second, for brokers whose end offsets are not to be trusted). Kafka going away is logged and
-    the reading starts again; the task never dies quietly.
+    the reading starts again; the task never dies quietly. ``deadletters``: refused status records go to
+    the dead-letter topic (the API's follower), else they are only counted and logged (the notifier's).
     """
 
-    def __init__(self, config: VigilConfig, view: ServicesView) -> None:
+    def __init__(self, config: VigilConfig, view: ServicesView, *, deadletters: bool = True) -> None:
         self.config = config
         self.view = view
+        self.deadletters = deadletters
         self.ready = asyncio.Event()
         self.refused: dict[tuple[str, str], int] = {}  # (topic, reason) → records refused
         self._task: asyncio.Task[None] | None = None
@@ -265,7 +267,8 @@ class ViewFollower:
             k.replication_factor,
             compacted=[k.topics.status],
         )
-        self._producer = await start_producer(k)
+        if self.deadletters:
+            self._producer = await start_producer(k)
         self._task = asyncio.create_task(self._follow(), name="vigil-api-views")
 
     async def stop(self) -> None:
@@ -361,9 +364,10 @@ class ViewFollower:
         n = sum(self.refused.values())
         if n == 1 or n % 1000 == 0:
             log.warning("refused a record of %s (offset %d): %s", record.topic, record.offset, reason)
+        if self._producer is None:  # not this follower's job (see deadletters)
+            return
         source = Source(record.topic, record.partition, record.offset)
         raw = (record.value or b"")[: 64 * 1024]
-        assert self._producer is not None
         try:
             await self._producer.send_and_wait(
                 self.config.kafka.topics.deadletter, deadletter(reason, source, raw=raw)

@@ -14,6 +14,11 @@ forms (Kafka's ``latest`` would). It delivers nothing until every partition it w
 offset (its first commit follows its first read of each), so a notifier whose first delivery retries until
 it is stopped still starts the next time where it began.
 
+A notifier with ``min_health`` holds each opening (uncommitted) until the health of its service, as the
+API computes it (:class:`~connectors.api.views.ServicesView`, from the status and verdict topics), is at
+least ``min_health``; then it goes out like any other. An opening whose anomaly resolves while held is
+dropped with its resolution: nobody was told it opened. A resolution whose opening is not held is sent.
+
 Slack and PagerDuty get one message per service per ``group_interval_s`` (a storm of many series of one
 service is one message); Alertmanager and webhooks get every event at once. Each notifier runs on its own:
 one whose receiver is down retries with exponential backoff (``backoff_s`` doubled up to
@@ -28,7 +33,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -42,12 +47,16 @@ from connectors.notify.senders import AlertmanagerSender, Sender, SendFailed, ma
 from connectors.notify.stats import NotifyStats
 from engine.config import NotifierConfig, NotifyEvent, VigilConfig
 from engine.errors import BrokerUnavailable, VigilError
+from engine.health import Health, at_least
 
 log = logging.getLogger(__name__)
 
 #: an Alertmanager notifier collapses what it re-reads at start for at most this long
 CATCH_UP_S = 5.0
 POLL_MS = 200
+
+#: service → health, or None while the health view is still reading its topics
+HealthOf = Callable[[], dict[str, Health] | None]
 
 
 class Offsets:
@@ -128,6 +137,7 @@ class Notifier:
         stats: NotifyStats,
         *,
         since_ms: int | None = None,
+        health: HealthOf | None = None,
     ) -> None:
         self.config = config
         self.notifier = notifier
@@ -144,10 +154,16 @@ class Notifier:
         self._queue: list[Item] = []  # immediate senders, in order
         self._groups: dict[str, Group] = {}  # grouped senders, by service
         self._open: dict[str, Item] = {}  # alertmanager: anomaly id -> the item of its latest opening
+        self._held: dict[
+            str, Item
+        ] = {}  # min_health: anomaly id -> its opening, until the service gets there
+        if notifier.min_health is not None and health is None:
+            raise ValueError(f"notifier {notifier.name} has min_health: it needs the services' health")
+        self._health = health
         self._catching_up_until: float | None = None
         self._next_resend = 0.0
         self._is_alertmanager = isinstance(self.sender, AlertmanagerSender)
-        for metric in (stats.pending, stats.open_alerts, stats.last_delivery):
+        for metric in (stats.pending, stats.open_alerts, stats.held, stats.last_delivery):
             metric.labels(self.name)
 
     # -- Kafka ---------------------------------------------------------------------------------------------
@@ -177,6 +193,7 @@ class Notifier:
             if not group.items:
                 del self._groups[service]
         self._open = {k: i for k, i in self._open.items() if i.tp not in gone}
+        self._held = {k: i for k, i in self._held.items() if i.tp not in gone}
 
     async def classify(self, partitions: list[TopicPartition]) -> None:
         """Which of ``partitions`` have no committed offset (read from the start, older records skipped)."""
@@ -249,6 +266,43 @@ class Notifier:
             self._offsets.done(tp, record.offset)
             return
         item = Item(tp, record.offset, anomaly)
+        if self.notifier.min_health is not None and not self._hold(item):
+            return
+        self._enqueue(item)
+
+    def _hold(self, item: Item) -> bool:
+        """min_health: hold an opening (False); a resolution goes on (True) unless its opening is held,
+        then both are done, unsent."""
+        key = item.anomaly.anomaly_id
+        if item.anomaly.kind is NotifyEvent.OPENED:
+            if key in self._held:  # the same opening again (a worker's resend): the first is held
+                self._offsets.done(item.tp, item.offset)
+            else:
+                self._held[key] = item
+            return False
+        opening = self._held.pop(key, None)
+        if opening is None:
+            return True
+        for done in (opening, item):
+            self._offsets.done(done.tp, done.offset)
+        self.stats.events.labels(self.name, "below_min_health").inc(2)
+        return False
+
+    def release(self) -> None:
+        """Held openings whose service's health has reached min_health go out."""
+        minimum = self.notifier.min_health
+        if minimum is None or not self._held or self._health is None:
+            return
+        health = self._health()
+        if health is None:
+            return
+        for key, item in list(self._held.items()):
+            if at_least(health.get(item.anomaly.service, Health.LEARNING), minimum):
+                del self._held[key]
+                self._enqueue(item)
+
+    def _enqueue(self, item: Item) -> None:
+        anomaly = item.anomaly
         if self.sender.grouped:
             group = self._groups.get(anomaly.service)
             if group is None:
@@ -316,7 +370,8 @@ class Notifier:
                 del self._groups[service]
                 for i in group.items:
                     self._offsets.done(i.tp, i.offset)
-        self.stats.pending.labels(self.name).set(self._offsets.count() - len(self._open))
+        self.stats.pending.labels(self.name).set(self._offsets.count() - len(self._open) - len(self._held))
+        self.stats.held.labels(self.name).set(len(self._held))
 
     async def _flush_alertmanager(self, stop: asyncio.Event, *, idle: bool) -> None:
         now = time.monotonic()
@@ -388,6 +443,7 @@ class Notifier:
                         self.take(tp, record)
                 await self._caught_up(consumer, batch.keys())
                 if self._placed(consumer):
+                    self.release()
                     await self.flush(stop, idle=not batch)
                 await self._commit()
         finally:
@@ -415,9 +471,9 @@ async def _supervised(notifier: Notifier, stop: asyncio.Event) -> None:
             delay = min(delay * 2, 30.0)
 
 
-async def serve(config: VigilConfig, stop: asyncio.Event) -> None:
+async def serve(config: VigilConfig, stop: asyncio.Event, stats: NotifyStats | None = None) -> None:
     """Run every configured notifier (and the metrics port) until ``stop`` is set."""
-    stats = NotifyStats()
+    stats = stats or NotifyStats()
     metrics: asyncio.Task[None] | None = None
     p = config.notifier
     if p.metrics_enabled:
@@ -427,7 +483,20 @@ async def serve(config: VigilConfig, stop: asyncio.Event) -> None:
         port = server.bind()
         print(f"vigil notify: metrics on http://{p.metrics_host}:{port}/metrics", flush=True)
         metrics = asyncio.create_task(server.serve())
-    notifiers = [Notifier(config, n, stats) for n in config.notify]
+    follower = None
+    health: HealthOf | None = None
+    if any(n.min_health is not None for n in config.notify):
+        # here, not at the top: the API's view reads anomaly events with this package's parser
+        from connectors.api.views import ServicesView, ViewFollower
+
+        view = ServicesView(config)
+        follower = ViewFollower(config, view, deadletters=False)  # the API dead-letters bad status records
+
+        def health() -> dict[str, Health] | None:
+            return view.health() if follower is not None and follower.ready.is_set() else None
+
+        await follower.start()
+    notifiers = [Notifier(config, n, stats, health=health) for n in config.notify]
     print(f"vigil notify: {', '.join(n.name for n in notifiers)}", flush=True)
     tasks = [asyncio.create_task(_supervised(n, stop)) for n in notifiers]
     try:
@@ -437,6 +506,8 @@ async def serve(config: VigilConfig, stop: asyncio.Event) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if follower is not None:
+            await follower.stop()
         if metrics is not None:
             metrics.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -12,6 +12,7 @@ class NotifyStats:
         self.events = Counter(
             "vigil_notify_events",
             "Anomaly events handled, by notifier and outcome: delivered, filtered (not for this notifier), "
+            "below_min_health (an opening and its resolution while the service stayed below min_health), "
             "refused (the receiver answered a 4xx that a resend cannot fix; dropped, logged).",
             ["notifier", "outcome"],
             registry=r,
@@ -41,6 +42,12 @@ class NotifyStats:
         self.open_alerts = Gauge(
             "vigil_notify_open_alerts",
             "Alertmanager notifiers: open anomalies whose alert is kept alive by re-sending.",
+            ["notifier"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "vigil_notify_held_events",
+            "Notifiers with min_health: openings waiting for their service's health to reach it.",
             ["notifier"],
             registry=r,
         )

@@ -15,6 +15,7 @@ from connectors.notify.stats import NotifyStats
 from engine import events
 from engine.config import NotifierConfig, VigilConfig
 from engine.guard import Transition, TransitionKind
+from engine.samples import analysis_key
 
 T0 = 1_700_000_000_000
 
@@ -45,12 +46,16 @@ def anomaly(
 
 
 async def produce(config: VigilConfig, values: list[bytes | dict[str, Any]]) -> None:
+    """Events keyed as a worker keys them (by service and metric: one series' events stay in order)."""
     producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers, acks="all")
     await producer.start()
     try:
         for value in values:
-            raw = value if isinstance(value, bytes) else events.encode(value)
-            await producer.send_and_wait(config.kafka.topics.verdicts, raw)
+            if isinstance(value, bytes):
+                await producer.send_and_wait(config.kafka.topics.verdicts, value)
+                continue
+            key = analysis_key(value["data"]["service"], value["data"]["metric"])
+            await producer.send_and_wait(config.kafka.topics.verdicts, events.encode(value), key=key)
     finally:
         await producer.stop()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,14 +13,18 @@ import pytest
 import pytest_asyncio
 
 from connectors.broker import EmbeddedBroker
+from connectors.kafka import start_producer
 from connectors.notify.anomaly import parse
 from connectors.notify.senders import SIGNATURE_HEADER, verify_signature
+from connectors.notify.service import serve
 from connectors.notify.stats import NotifyStats
-from engine.config import VigilConfig
-from engine.guard import TransitionKind
+from engine.config import MetricType, VigilConfig
+from engine.guard import SeriesState, TransitionKind
+from engine.status import SeriesStatus, encode_status, status_key
 from tests.conftest import isolated_config
 from tests.fixtures.receivers import FakeReceiver
 from tests.integration.notify_helpers import (
+    T0,
     anomaly,
     count,
     joined,
@@ -284,3 +289,74 @@ async def test_the_slack_url_and_the_routing_key_never_reach_the_logs(
     assert "SLACKTOKEN" not in caplog.text
     assert "PDROUTINGKEY" not in caplog.text
     assert "answered HTTP 400" in caplog.text
+
+
+def live(service: str, metric: str, instance: str, metric_type: MetricType) -> SeriesStatus:
+    return SeriesStatus(
+        service, metric, instance, metric_type, SeriesState.NORMAL, 0.1, 1.0, None, None, T0,
+        int(time.time() * 1000),
+    )  # fmt: skip
+
+
+async def test_min_health_holds_openings_until_the_service_gets_there(
+    config: VigilConfig, hook: FakeReceiver
+) -> None:
+    """Through ``serve`` (the notify process), with the health view it follows: a custom metric's anomaly
+    makes checkout ``observe`` — the plain notifier sends it, the one with min_health: unhealthy holds it;
+    errors on every pod make checkout ``unhealthy`` — both openings go out. An anomaly of another service
+    that resolves while it stays ``observe`` is never sent; checkout's resolution is."""
+    paged = await FakeReceiver("webhook").start()
+    cfg = with_notifiers(
+        config,
+        {"name": "all", "type": "webhook", "url": hook.url},
+        {"name": "pager", "type": "webhook", "url": paged.url, "min_health": "unhealthy"},
+    )
+    errors, custom = "http_errors_total:rate", "queue_depth"
+    statuses = [live("checkout", errors, f"p{i}", MetricType.ERRORS) for i in range(4)]
+    statuses += [
+        live("checkout", custom, "p0", MetricType.CUSTOM),
+        live("search", custom, "s0", MetricType.CUSTOM),
+    ]
+    producer = await start_producer(cfg.kafka)
+    try:
+        for s in statuses:
+            await producer.send_and_wait(cfg.kafka.topics.status, encode_status(s), key=status_key(*s.series))
+    finally:
+        await producer.stop()
+    stats = NotifyStats()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg, stop, stats))
+
+    def ids(receiver: FakeReceiver) -> list[str]:
+        return [r.json()["id"] for r in receiver.delivered]
+
+    try:
+        # the notifiers exist (events produced before they started would be skipped as old)
+        await until(lambda: stats.registry.get_sample_value("vigil_notify_held_events", {"notifier": "pager"})
+                    is not None, 60)  # fmt: skip
+        queue = anomaly(cfg, "checkout", custom, "p0")
+        search = anomaly(cfg, "search", custom, "s0")
+        search_resolved = anomaly(cfg, "search", custom, "s0", kind=TransitionKind.RESOLVED)
+        await produce(cfg, [queue, search, search_resolved])
+        below = {"notifier": "pager", "outcome": "below_min_health"}
+        await until(lambda: count(stats, "vigil_notify_events_total", **below) == 2, 90)
+        await until(lambda: len(hook.delivered) == 3, 30)
+        await until(lambda: count(stats, "vigil_notify_held_events", notifier="pager") == 1, 30)
+        assert paged.delivered == []
+
+        storm = [anomaly(cfg, "checkout", errors, f"p{i}") for i in range(4)]
+        await produce(cfg, storm)
+        await until(lambda: len(paged.delivered) == 5, 60)
+        assert sorted(ids(paged)) == sorted(a["id"] for a in [queue, *storm])
+        assert count(stats, "vigil_notify_held_events", notifier="pager") == 0
+
+        queue_resolved = anomaly(cfg, "checkout", custom, "p0", kind=TransitionKind.RESOLVED)
+        await produce(cfg, [queue_resolved])
+        await until(lambda: len(paged.delivered) == 6, 60)
+        assert ids(paged)[-1] == queue_resolved["id"]
+        assert search["id"] not in ids(paged)
+        assert search["id"] in ids(hook)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await paged.stop()

@@ -12,11 +12,11 @@ import pytest
 
 from engine import plain
 from engine.calibration import (
+    EXTREME_STEPS,
     IGNORED_CAP,
     RAW_OPEN,
     TAIL_OPEN,
     Calibrator,
-    EXTREME_STEPS,
     Likelihood,
     NewExtreme,
     log_tail,

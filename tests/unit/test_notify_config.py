@@ -24,7 +24,8 @@ notify:
   - {name: am, type: alertmanager, url: "http://127.0.0.1:9093"}
   - {name: hook, type: webhook, url: "https://example.internal/vigil", secret_file: /etc/vigil/hook-secret}
   - {name: chat, type: slack, webhook_url_file: /etc/vigil/slack-url, services: [checkout]}
-  - {name: pager, type: pagerduty, routing_key_env: PD_KEY, metric_types: [errors, latency]}
+  - {name: pager, type: pagerduty, routing_key_env: PD_KEY, metric_types: [errors, latency],
+     min_health: unhealthy}
 notifier: {metrics_port: 0}
 api: {external_url: "https://vigil.example.com/ui"}
 """,
@@ -32,6 +33,8 @@ api: {external_url: "https://vigil.example.com/ui"}
     assert [n.type for n in config.notify] == list(NotifierType)
     assert config.notify[3].endpoint == "https://events.pagerduty.com/v2/enqueue"
     assert config.notify[2].services == ("checkout",)
+    assert config.notify[3].min_health == "unhealthy"
+    assert config.notify[0].min_health is None
     assert config.notifier.metrics_port == 0
     assert config.api.external_url == "https://vigil.example.com/ui"
 
@@ -46,7 +49,11 @@ api: {external_url: "https://vigil.example.com/ui"}
         ("{name: a, type: alertmanager, url: 'ftp://x'}", "url must be http://host"),
         ("{name: a, type: alertmanager, url: 'http://x', secret_file: /s}", "do not take secret_file"),
         ("{name: a, type: slack, webhook_url_file: /a, webhook_url_env: B}", "not both"),
-        ("{name: a, type: webhook, url: 'http://x', min_health: unhealthy}", "min_health is not supported"),
+        (
+            "{name: a, type: webhook, url: 'http://x', min_health: healthy}",
+            "notify.0.min_health: Input should",
+        ),
+        ("{name: a, type: webhook, url: 'http://x', min_health: [unhealthy]}", "notify.0.min_health"),
         ("{name: 'a b', type: webhook, url: 'http://x'}", "notify.0.name: String should match"),
         ("{name: a, type: webhook, url: 'http://x', events: [flapped]}", "notify.0.events.0"),
         ("{name: a, type: webhook, url: 'http://x', metric_types: [bogus]}", "notify.0.metric_types.0"),

@@ -39,7 +39,9 @@ def views_after(seed: int, steps: int = 120, **shape: Any) -> MLViews:
 def test_a_canary_far_from_the_baseline_scores_at_every_step_and_an_equal_one_at_none() -> None:
     shifted = views_after(1, traffic=0.7).views[RATE.name].report(200)
     assert shifted.steps == 120 - 19  # scored once 20 baseline samples are learned
-    assert shifted.anomalous / shifted.steps > 0.3
+    # the likelihood stage's doing: the new-extreme rule stays out, the canary being within a few typical
+    # steps (successive differences of this noisy load) of the baseline's level
+    assert shifted.anomalous / shifted.steps > 0.15
     assert shifted.max_score >= 1
     assert shifted.first_anomalous_ms is not None
     # what it would look like without the deploy: the baseline's level, well above the canary's value
