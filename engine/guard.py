@@ -17,6 +17,12 @@ Learning policy: every sample is learned, those of an open anomaly (or of a stre
 ``suspect_weight``: a level shift that persists is followed by the detector's level and stops scoring high,
 so the anomaly resolves and the new level is the baseline. A stale marker (:meth:`SeriesGuard.end`)
 resolves an open anomaly but keeps the model.
+
+**Since when** — :attr:`SeriesGuard.since_ms` is the metric time of the sample with which the series
+entered its current state: its first point (learning, or normal with an inherited model), the sample that
+completed the warm-up, the one that opened an anomaly, the one (or the stale marker) that resolved it.
+It is checkpointed with the rest; a guard restored from a checkpoint written before it existed holds
+``None`` (not known) until its next change of state.
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ class SeriesGuard:
         "resolve_after",
         "rest_after_alarm",
         "score",
+        "since_ms",
         "suspect_weight",
         "warmup",
         "watermark",
@@ -119,17 +126,22 @@ class SeriesGuard:
         #: Timestamp of the newest point admitted (-1: none yet). Checkpointed with the model, so a point
         #: read again after a crash is recognised and not learned twice.
         self.watermark = -1
+        #: Metric time of the sample with which the current state began (``None``: not known yet).
+        self.since_ms: int | None = None
 
     def admit(self, ts_ms: int) -> str | None:
         """Whether a point at ``ts_ms`` is new: ``None`` (and the watermark moves to it) if it is, else why
-        not — ``"duplicate"`` at the watermark, ``"out_of_order"`` before it.
+        not — ``"duplicate"`` at the watermark, ``"out_of_order"`` before it. The first point admitted
+        starts the series' first state (:attr:`since_ms`).
 
         >>> from engine.config import DetectionConfig, MetricRule
         >>> g = SeriesGuard(MetricRule(match=".*"), DetectionConfig())
-        >>> g.admit(1000), g.admit(1000), g.admit(999), g.admit(2000), g.watermark
-        (None, 'duplicate', 'out_of_order', None, 2000)
+        >>> g.admit(1000), g.admit(1000), g.admit(999), g.admit(2000), g.watermark, g.since_ms
+        (None, 'duplicate', 'out_of_order', None, 2000, 1000)
         """
         if ts_ms > self.watermark:
+            if self.watermark < 0:  # its first point (a restored guard has a watermark)
+                self.since_ms = ts_ms
             self.watermark = ts_ms
             return None
         return "duplicate" if ts_ms == self.watermark else "out_of_order"
@@ -199,6 +211,8 @@ class SeriesGuard:
             self.score = self._reported(score) if warm else 0.0
         suspect = self._is_open or self._streak > 0
         self.detector.learn_value(value, self.suspect_weight if suspect else 1.0, ts_ms)
+        if transition is not None or (not warm and self.detector.n >= self.warmup):
+            self.since_ms = ts_ms  # opened, resolved, or this sample completed the warm-up
         return transition
 
     def end(self, ts_ms: int) -> Transition | None:
@@ -206,6 +220,7 @@ class SeriesGuard:
         transition = None
         if self._is_open:
             transition = self._transition(TransitionKind.RESOLVED, ts_ms, None, 0.0)
+            self.since_ms = ts_ms
         self._is_open = False
         self._streak = 0
         return transition

@@ -19,8 +19,10 @@ its own instance an anomaly is everywhere): errors or latency make a pod ``unhea
 
 ``since`` (metric time): for ``observe``/``unhealthy`` the opening of the anomaly that brought the points
 to the state's threshold, taking the open anomalies in the order they opened; for ``healthy`` the latest
-resolution of the service's anomalies, if any; ``None`` otherwise. It depends only on what is open and
-resolved, not on the order records were read in, so a restarted API answers the same.
+resolution of the service's anomalies, if any (``None`` if none resolved); for ``learning`` the earliest
+time one of its live learning series began learning (each series' status says when it entered its state),
+``None`` when none is live or one of them does not say. It depends only on what is open, resolved and
+live, not on the order records were read in, so a restarted API answers the same.
 """
 
 from __future__ import annotations
@@ -132,15 +134,19 @@ def roll_up(
     anomalies: Iterable[OpenAnomaly],
     reporting: dict[str, int] | None,
     last_resolved_ms: int | None = None,
+    learning_since: Iterable[int | None] = (),
 ) -> Rolled:
     """The health of a service (``reporting``: instances per metric) or of one instance (``None``).
 
-    ``states`` are the states of its live series, ``anomalies`` its open anomalies.
+    ``states`` are the states of its live series, ``anomalies`` its open anomalies, ``learning_since``
+    when each of its live learning series began learning (``None``: not known).
 
     >>> roll_up([SeriesState.LEARNING], [], {}).health
     <Health.LEARNING: 'learning'>
     >>> roll_up([SeriesState.NORMAL, SeriesState.LEARNING], [], {}, 5)
     Rolled(health=<Health.HEALTHY: 'healthy'>, points=0.0, since_ms=5)
+    >>> roll_up([SeriesState.LEARNING] * 2, [], {}, learning_since=[7, 3]).since_ms
+    3
     """
     open_now = list(anomalies)
     if open_now:
@@ -149,4 +155,6 @@ def roll_up(
         return Rolled(health, total, _since(open_now, reporting, health))
     if any(s is not SeriesState.LEARNING for s in states):
         return Rolled(Health.HEALTHY, 0.0, last_resolved_ms)
-    return Rolled(Health.LEARNING, 0.0, None)
+    began = list(learning_since)
+    known = [t for t in began if t is not None]
+    return Rolled(Health.LEARNING, 0.0, min(known) if known and len(known) == len(began) else None)

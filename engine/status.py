@@ -6,13 +6,17 @@ since the last flush, to a compacted topic keyed by series (:func:`status_key`):
 
     {"v": 1, "service": "checkout", "metric": "http_request_duration_seconds:p99", "instance": "pod-1",
      "type": "latency", "state": "normal", "score": 0.31, "value": 0.212,
-     "expected": {"low": null, "high": 0.302}, "ts_ms": 1764072180000, "wall_ms": 1764072185012}
+     "expected": {"low": null, "high": 0.302}, "ts_ms": 1764072180000, "wall_ms": 1764072185012,
+     "since_ms": 1764068580000}
 
 ``state`` is ``learning`` | ``normal`` | ``anomalous``; ``score`` the normalised score of the latest sample
 (1 = the opening threshold, never damped; 0 while learning); ``expected`` the band the model holds after
 that sample (``null`` on a side that is no risk; the whole field ``null`` for a detector without a band);
 ``ts_ms`` the latest sample's own time (metric time) and ``wall_ms`` the worker's clock when it published
-(idleness is wall-clock time, whatever the samples' age).
+(idleness is wall-clock time, whatever the samples' age); ``since_ms`` the metric time of the sample with
+which the series entered its current ``state`` (:attr:`engine.guard.SeriesGuard.since_ms`; ``null`` when
+not known, e.g. a model restored from a checkpoint older than the field). Records written before
+``since_ms`` existed have no such field and read as ``null``.
 
 The worker's part is one dict assignment per prepared series (:attr:`StatusBoard.changed`, latest point per
 series); all the work — reading the guard, the band, encoding — happens in :meth:`StatusBoard.flush`, once
@@ -42,6 +46,8 @@ MAX_NAME: Final = 4096
 _FIELDS: Final = frozenset(
     {"v", "service", "metric", "instance", "type", "state", "score", "value", "expected", "ts_ms", "wall_ms"}
 )
+#: fields added since version 1 that older workers' records lack
+_OPTIONAL: Final = frozenset({"since_ms"})
 _STATES: Final = {s.value: s for s in SeriesState}
 _TYPES: Final = {t.value: t for t in MetricType}
 _MAX_TS: Final = 1 << 53
@@ -62,6 +68,8 @@ class SeriesStatus:
     expected_high: float | None
     ts_ms: int
     wall_ms: int
+    #: metric time of the sample with which ``state`` began (``None``: not known)
+    since_ms: int | None = None
 
     @property
     def series(self) -> tuple[str, str, str]:
@@ -96,6 +104,7 @@ def encode_status(s: SeriesStatus) -> bytes:
             "expected": expected,
             "ts_ms": s.ts_ms,
             "wall_ms": s.wall_ms,
+            "since_ms": s.since_ms,
         }
     )
 
@@ -126,8 +135,8 @@ def decode_status(key: bytes | None, raw: bytes | None, max_bytes: int) -> Serie
         raise BadRecord(f"a status record must be a JSON object, got {type(doc).__name__}")
     if doc.get("v") != VERSION:
         raise BadRecord(f"status record version {str(doc.get('v'))[:20]!r}, this Vigil reads {VERSION}")
-    if doc.keys() != _FIELDS:
-        missing, extra = sorted(_FIELDS - doc.keys()), sorted(doc.keys() - _FIELDS)
+    if not _FIELDS <= doc.keys() <= _FIELDS | _OPTIONAL:
+        missing, extra = sorted(_FIELDS - doc.keys()), sorted(doc.keys() - _FIELDS - _OPTIONAL)
         raise BadRecord(f"status record fields: missing {missing}, unknown {extra!r:.200}")
     service, metric, instance = (_name(doc, f) for f in ("service", "metric", "instance"))
     if not service or not metric:
@@ -163,6 +172,7 @@ def decode_status(key: bytes | None, raw: bytes | None, max_bytes: int) -> Serie
         expected_high=high,
         ts_ms=_time(doc["ts_ms"], "ts_ms"),
         wall_ms=_time(doc["wall_ms"], "wall_ms"),
+        since_ms=_since(doc.get("since_ms")),
     )
 
 
@@ -184,6 +194,14 @@ def _number(value: Any, field: str) -> float | None:
 def _time(value: Any, field: str) -> int:
     if type(value) is not int or not 0 <= value < _MAX_TS:
         raise BadRecord(f"{field} must be a non-negative integer (Unix ms)")
+    return value
+
+
+def _since(value: Any) -> int | None:
+    if value is None:  # not known, or a record written before the field existed
+        return None
+    if type(value) is not int or not 0 <= value < _MAX_TS:
+        raise BadRecord("since_ms must be null or a non-negative integer (Unix ms)")
     return value
 
 
@@ -273,6 +291,7 @@ class StatusBoard:
             expected_high=None if learning else _side(high),
             ts_ms=ts_ms,
             wall_ms=wall_ms,
+            since_ms=guard.since_ms,
         )
 
 

@@ -30,6 +30,7 @@ from connectors.notify.anomaly import Anomaly, BadEvent, Skip, parse
 from engine.config import NotifyEvent, VigilConfig
 from engine.errors import BadRecord
 from engine.events import iso
+from engine.guard import SeriesState
 from engine.health import Health, OpenAnomaly, Rolled, roll_up
 from engine.processor import Source, deadletter
 from engine.status import LiveSeries, SeriesStatus, decode_status
@@ -148,6 +149,7 @@ class ServicesView:
             (_open(a) for a in anomalies),
             {m: len(i) for m, i in reporting.items()},
             self.last_resolved_ms.get(service),
+            _learning_since(live),
         )
         return rolled, anomalies
 
@@ -155,8 +157,12 @@ class ServicesView:
         out = []
         for instance in sorted({s.instance for s in live}):
             mine = [a for a in anomalies if a.instance == instance]
+            series = [s for s in live if s.instance == instance]
             rolled = roll_up(
-                (s.state for s in live if s.instance == instance), (_open(a) for a in mine), None
+                (s.state for s in series),
+                (_open(a) for a in mine),
+                None,
+                learning_since=_learning_since(series),
             )
             out.append(
                 {
@@ -228,6 +234,11 @@ class ServicesView:
 def _open(a: Anomaly) -> OpenAnomaly:
     # An opening's window ends at the sample that opened it: the anomaly's opening time (metric time).
     return OpenAnomaly(a.metric, a.instance, a.metric_type, a.end_ms)
+
+
+def _learning_since(live: list[SeriesStatus]) -> list[int | None]:
+    """When each learning series of ``live`` began learning (``None``: its status does not say)."""
+    return [s.since_ms for s in live if s.state is SeriesState.LEARNING]
 
 
 def _order(a: Anomaly) -> tuple[int, str, str, str]:

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectors.broker import EmbeddedBroker, free_port
 from connectors.kafka import start_producer
 from engine.config import VigilConfig
+from engine.events import iso
 from engine.samples import Series, encode_batch, partition_for
 from engine.status import status_key
 from tests.conftest import config_env, isolated_config, read_topic
@@ -149,6 +150,7 @@ def test_health_from_a_real_worker_through_the_status_topic_to_the_api_and_after
         api = start("api")
         steady = [Series("checkout", ERRORS, p, points(0, 220, 100.0)) for p in PODS]
         steady.append(Series("checkout", "queue_depth", "p1", points(0, 220, 40.0)))
+        steady.append(Series("warming", "queue_depth", "w1", points(3, 10, 5.0)))  # still learning
         asyncio.run(send(config, steady))
 
         def service() -> dict[str, Any] | None:
@@ -161,6 +163,17 @@ def test_health_from_a_real_worker_through_the_status_topic_to_the_api_and_after
             return s is not None and s["health"] == "healthy" and len(s["instances"]) == len(PODS)
 
         assert wait_for(healthy, 120, interval=0.5), (service(), worker.log.read_text()[-3000:])
+        learning_since = iso(T0 + 3 * STEP)  # its first sample
+
+        def warming() -> dict[str, Any] | None:
+            code, body = get(api_port, "/api/v1/services/warming")
+            return body if code == 200 else None
+
+        assert wait_for(lambda: warming() is not None, 30, interval=0.5)
+        w = warming()
+        assert w is not None
+        assert (w["health"], w["since"]) == ("learning", learning_since), w
+        assert [(i["health"], i["since"]) for i in w["instances"]] == [("learning", learning_since)]
         detail = get(api_port, "/api/v1/services/checkout")[1]
         errors_p3 = next(m for m in detail["metrics"] if m["metric"] == ERRORS and m["instance"] == "p3")
         assert errors_p3["state"] == "normal"
@@ -240,7 +253,7 @@ def test_health_from_a_real_worker_through_the_status_topic_to_the_api_and_after
         assert api.stop() == 0
         api = start("api")
         assert wait_for(lambda: views(api_port) is not None, 60, interval=0.5), api.log.read_text()[-2000:]
-        assert views(api_port) == before
+        assert views(api_port) == before  # the learning service's since too
         assert wait_for(lambda: get(api_port, "/-/ready")[0] == 200, 30, interval=0.5)
     finally:
         for p in started:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -361,3 +362,74 @@ def test_the_seasonal_profile_round_trips_its_hours_in_plain_state() -> None:
         x = 10.0 + (i // 60 % 24)
         assert copy.peek(x, i * 60_000) == guard.peek(x, i * 60_000)
         assert copy.observe(i * 60_000, x) == guard.observe(i * 60_000, x)
+
+
+def admitted(guard: SeriesGuard, values: Sequence[float | None], start: int = 0) -> list[Transition]:
+    """As the model bank feeds a guard: each point admitted first (a stale marker is ``None``)."""
+    out = []
+    for i, x in enumerate(values, start):
+        assert guard.admit(i * STEP_MS) is None
+        transition = guard.end(i * STEP_MS) if x is None else guard.observe(i * STEP_MS, x)
+        if transition is not None:
+            out.append(transition)
+    return out
+
+
+def test_since_is_the_sample_with_which_the_series_entered_its_state() -> None:
+    guard = SeriesGuard(rule(), DEFAULTS)
+    warmup = DEFAULTS.warmup
+    assert (guard.state, guard.since_ms) == (SeriesState.LEARNING, None)  # nothing seen yet
+    admitted(guard, noise(10, seed=30), start=3)
+    assert (guard.state, guard.since_ms) == (SeriesState.LEARNING, 3 * STEP_MS)  # its first point
+    admitted(guard, noise(warmup - 11, seed=31), start=13)
+    assert (guard.state, guard.since_ms) == (SeriesState.LEARNING, 3 * STEP_MS)
+    admitted(guard, [100.0], start=warmup + 2)  # the sample that completes the warm-up
+    assert (guard.state, guard.since_ms) == (SeriesState.NORMAL, (warmup + 2) * STEP_MS)
+    admitted(guard, noise(200, seed=32), start=warmup + 3)
+    assert guard.since_ms == (warmup + 2) * STEP_MS  # normal samples change nothing
+    [opened] = admitted(guard, [150.0] * 4, start=warmup + 203)
+    assert (guard.state, guard.since_ms) == (SeriesState.ANOMALOUS, opened.ts_ms)
+    assert opened.ts_ms == (warmup + 203 + DEFAULTS.open_after - 1) * STEP_MS
+    later = admitted(guard, noise(300, seed=33), start=warmup + 207)
+    assert [t.kind for t in later] == [TransitionKind.RESOLVED]
+    assert (guard.state, guard.since_ms) == (SeriesState.NORMAL, later[0].ts_ms)
+    assert guard.admit((warmup + 507) * STEP_MS) is None
+    assert guard.end((warmup + 507) * STEP_MS) is None  # a stale marker without an open anomaly
+    assert guard.since_ms == later[0].ts_ms
+    [opened] = admitted(guard, [150.0] * 4, start=warmup + 508)
+    [resolved] = admitted(guard, [None], start=warmup + 512)  # a stale marker resolves
+    assert resolved.ts_ms == (warmup + 512) * STEP_MS
+    assert (guard.state, guard.since_ms) == (SeriesState.NORMAL, resolved.ts_ms)
+
+
+def test_a_guard_with_an_inherited_model_is_normal_since_its_first_point() -> None:
+    donor = SeriesGuard(rule(), DEFAULTS)
+    admitted(donor, noise(400, seed=34))
+    guard = SeriesGuard(rule(), DEFAULTS)
+    plain.apply(guard.detector, plain.dump(donor.detector))  # as detection.inherit_models does
+    plain.apply(guard.calibrator, plain.dump(donor.calibrator))
+    admitted(guard, noise(5, seed=35), start=1000)
+    assert (guard.state, guard.since_ms) == (SeriesState.NORMAL, 1000 * STEP_MS)
+
+
+def test_since_survives_a_checkpoint_and_an_older_checkpoint_leaves_it_not_known() -> None:
+    guard = SeriesGuard(rule(), DEFAULTS)
+    admitted(guard, noise(50, seed=36), start=7)
+    state = orjson.loads(orjson.dumps(plain.dump(guard)))
+    assert state["since_ms"] == 7 * STEP_MS
+    copy = SeriesGuard(rule(), DEFAULTS)
+    plain.apply(copy, state)
+    assert (copy.state, copy.since_ms) == (SeriesState.LEARNING, 7 * STEP_MS)
+    tail = noise(DEFAULTS.warmup, seed=37)
+    admitted(copy, tail, start=57)
+    admitted(guard, tail, start=57)
+    assert copy.since_ms == guard.since_ms == (7 + DEFAULTS.warmup - 1) * STEP_MS
+    # A checkpoint written before the field: not known (not "since the restart") until the state changes.
+    old = SeriesGuard(rule(), DEFAULTS)
+    plain.apply(old, {k: v for k, v in state.items() if k != "since_ms"})
+    assert old.since_ms is None
+    admitted(old, noise(10, seed=38), start=57)
+    assert (old.state, old.since_ms) == (SeriesState.LEARNING, None)
+    admitted(old, noise(DEFAULTS.warmup - 50 - 10, seed=39), start=67)
+    assert old.state is SeriesState.NORMAL
+    assert old.since_ms == copy.since_ms  # the sample that completed the warm-up, as before

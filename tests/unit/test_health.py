@@ -21,6 +21,7 @@ E, L, T, S, C = (
     MetricType.CUSTOM,
 )
 N = SeriesState.NORMAL
+LEARNING = SeriesState.LEARNING
 PODS4 = {"e": 4, "l": 4, "t": 4, "s": 4, "c": 4, "c2": 4, "c3": 4}
 
 
@@ -110,10 +111,22 @@ def test_since_is_when_the_open_anomalies_in_opening_order_reached_the_state() -
         assert roll_up([N], list(order), PODS4) == rolled
 
 
-def test_healthy_since_the_latest_resolution_and_learning_since_nothing() -> None:
+def test_healthy_since_the_latest_resolution() -> None:
     assert roll_up([N], [], {}, last_resolved_ms=5000).since_ms == 5000
     assert roll_up([N], [], {}).since_ms is None
-    assert roll_up([SeriesState.LEARNING], [], {}, last_resolved_ms=5000).since_ms is None
+    # learning series say since when they learn; a service past learning does not take it
+    assert roll_up([N, LEARNING], [], {}, 5000, learning_since=[100]).since_ms == 5000
+    assert roll_up([N, LEARNING], [], {}, learning_since=[100]).since_ms is None
+
+
+def test_learning_since_the_earliest_of_its_learning_series_when_all_of_them_say() -> None:
+    rolled = roll_up([LEARNING] * 3, [], {}, 5000, learning_since=[300, 100, 200])
+    assert (rolled.health, rolled.since_ms) == (Health.LEARNING, 100)  # not the last resolution
+    assert roll_up([LEARNING], [], None, learning_since=[42]).since_ms == 42  # an instance: the same rule
+    # one series restored from a checkpoint older than the field does not say: the earliest is not known
+    assert roll_up([LEARNING] * 2, [], {}, learning_since=[100, None]).since_ms is None
+    assert roll_up([LEARNING], [], {}, last_resolved_ms=5000).since_ms is None  # none said
+    assert roll_up([], [], {}).since_ms is None  # nothing seen yet
 
 
 @pytest.mark.parametrize("module", [health_module, status_module])

@@ -155,6 +155,46 @@ def test_only_learning_series_is_learning_and_idle_series_leave_with_their_anoma
     assert view.services() == []
 
 
+def test_a_learning_service_and_instance_say_since_their_earliest_learning_series() -> None:
+    view = fed(
+        [
+            status("m", "p1", SeriesState.LEARNING, since_ms=T0 - 60_000),
+            status("n", "p1", SeriesState.LEARNING, since_ms=T0 - 30_000),
+            status("m", "p2", SeriesState.LEARNING, since_ms=T0 - 15_000),
+        ]
+    )
+    [doc] = view.services()
+    assert (doc["health"], doc["since"]) == ("learning", "2023-11-14T22:12:20.000Z")  # T0 - 60 s
+    assert [(i["instance"], i["health"], i["since"]) for i in doc["instances"]] == [
+        ("p1", "learning", "2023-11-14T22:12:20.000Z"),
+        ("p2", "learning", "2023-11-14T22:13:05.000Z"),  # T0 - 15 s
+    ]
+    detail = view.service("checkout")
+    assert detail is not None
+    assert (detail["since"], detail["instances"]) == (doc["since"], doc["instances"])
+    # a series past learning makes the service (and its instance) healthy: since its latest resolution
+    view.put_status(status("m", "p2", SeriesState.NORMAL, since_ms=T0))
+    [doc] = view.services()
+    assert (doc["health"], doc["since"]) == ("healthy", None)
+    assert [(i["health"], i["since"]) for i in doc["instances"]] == [
+        ("learning", "2023-11-14T22:12:20.000Z"),
+        ("healthy", None),
+    ]
+
+
+def test_a_learning_series_whose_status_does_not_say_since_when_leaves_since_unknown() -> None:
+    # a status from a worker before the field, or of a model restored from an older checkpoint
+    view = fed(
+        [
+            status("m", "p1", SeriesState.LEARNING, since_ms=T0 - 60_000),
+            status("n", "p2", SeriesState.LEARNING),
+        ]
+    )
+    [doc] = view.services()
+    assert (doc["health"], doc["since"]) == ("learning", None)
+    assert [i["since"] for i in doc["instances"]] == ["2023-11-14T22:12:20.000Z", None]
+
+
 def test_the_view_is_the_same_whatever_order_the_two_topics_are_read_in() -> None:
     statuses = [status("http_errors:rate", p) for p in PODS] + [status("queue", "")]
     events = [

@@ -161,6 +161,40 @@ def test_a_status_record_round_trips_and_its_key_is_its_series() -> None:
     assert decode_status(status_key(*s.series), encode_status(no_band), 4096) == no_band
 
 
+def test_since_ms_round_trips_and_a_record_without_it_or_with_null_reads_as_not_known() -> None:
+    s = status(state=SeriesState.LEARNING, since_ms=NOW - 60_000)
+    raw = encode_status(s)
+    assert orjson.loads(raw)["since_ms"] == NOW - 60_000
+    assert decode_status(status_key(*s.series), raw, 4096) == s
+    assert orjson.loads(encode_status(status()))["since_ms"] is None
+    old = orjson.loads(raw)
+    del old["since_ms"]  # written by a worker from before the field
+    assert decode_status(status_key(*s.series), orjson.dumps(old), 4096).since_ms is None
+    null = orjson.loads(raw) | {"since_ms": None}
+    assert decode_status(status_key(*s.series), orjson.dumps(null), 4096).since_ms is None
+    assert decode_status(status_key(*s.series), orjson.dumps(old | {"since_ms": 0}), 4096).since_ms == 0
+
+
+def test_the_worker_publishes_since_when_each_series_is_in_its_state() -> None:
+    p, board, bank = worker(Clock())
+    warmup = bank.config.detection.warmup
+    metric = "http_errors_total:rate"
+    p.handle(encode_batch([steady(metric, "a", 10)]), SRC, now_ms=NOW + 10**8)
+    [learning] = board.flush()
+    assert (learning.state, learning.since_ms) == (SeriesState.LEARNING, NOW)  # its first sample
+    p.handle(encode_batch([steady(metric, "a", warmup + 40, start=10)]), SRC, now_ms=NOW + 10**8)
+    [normal] = board.flush()
+    assert (normal.state, normal.since_ms) == (SeriesState.NORMAL, NOW + (warmup - 1) * 15_000)
+    spike = Series("checkout", metric, "a", [(NOW + (warmup + 50) * 15_000, 10_000.0)])
+    p.handle(encode_batch([spike]), SRC, now_ms=NOW + 10**8)
+    [anomalous] = board.flush()
+    assert (anomalous.state, anomalous.since_ms) == (SeriesState.ANOMALOUS, spike.points[0][0])
+    stale = Series("checkout", metric, "a", [(NOW + (warmup + 51) * 15_000, None)])
+    p.handle(encode_batch([stale]), SRC, now_ms=NOW + 10**8)
+    [resolved] = board.flush()
+    assert (resolved.state, resolved.since_ms) == (SeriesState.NORMAL, stale.points[0][0])
+
+
 GOOD = orjson.loads(encode_status(status()))
 KEY = status_key("checkout", "http_errors_total:rate", "pod-1")
 
@@ -187,6 +221,14 @@ KEY = status_key("checkout", "http_errors_total:rate", "pod-1")
         ({"service": 7}, "service"),
         ({"instance": "x" * 5000}, "instance"),
         ({"extra": 1}, "unknown ['extra']"),
+        ({"since_ms": -1}, "since_ms must be null or a non-negative integer"),
+        ({"since_ms": 1.5}, "since_ms must be null or a non-negative integer"),
+        ({"since_ms": 1e12}, "since_ms must be null or a non-negative integer"),
+        ({"since_ms": "1700000000000"}, "since_ms must be null or a non-negative integer"),
+        ({"since_ms": True}, "since_ms must be null or a non-negative integer"),
+        ({"since_ms": 1 << 53}, "since_ms must be null or a non-negative integer"),
+        ({"since_ms": [NOW]}, "since_ms must be null or a non-negative integer"),
+        ({"since_ms": {"ms": NOW}}, "since_ms must be null or a non-negative integer"),
     ],
 )
 def test_a_broken_status_record_is_refused_with_a_reason(change: dict[str, object], reason: str) -> None:
