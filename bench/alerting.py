@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.common import machine  # noqa: E402
 from bench.scale import Child, Worker, bench_config, children, env_of, ready  # noqa: E402
-from connectors.broker import EmbeddedBroker, free_port  # noqa: E402
+from connectors.broker import FETCH_WAIT_MS, EmbeddedBroker, free_port  # noqa: E402
 from connectors.kafka import compacted_topics, ensure_topics, topic_names  # noqa: E402
 from connectors.notify.service import Notifier  # noqa: E402
 from connectors.notify.stats import NotifyStats  # noqa: E402
@@ -133,8 +133,11 @@ async def floor(
     """Baseline delays: ingest → a consumer of the samples topic, plus a direct POST until Alertmanager
     shows it, for ``INCIDENT`` requests sent at the same pace."""
     k = config.kafka
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=k.bootstrap_servers, group_id=None, enable_auto_commit=False
+    consumer = AIOKafkaConsumer(  # asking with the short fetch wait the embedded broker needs, as Vigil does
+        bootstrap_servers=k.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
     )
     await consumer.start()
     delays = []

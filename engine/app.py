@@ -16,7 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faust.types import TP
 
-from connectors.broker import faust_quirks
+from connectors.broker import FETCH_WAIT_MS, faust_quirks
 from connectors.kafka import ensure_topics
 from connectors.metrics import MetricsServer, worker_registry
 from engine import faust_fixes
@@ -65,6 +65,8 @@ def faust_settings(config: VigilConfig) -> dict[str, Any]:
 def create_app(config: VigilConfig) -> faust.App:
     faust_fixes.install()
     kafka = config.kafka
+    if kafka.embedded_quirks:
+        faust_fixes.fetch_wait(FETCH_WAIT_MS)
     app = faust.App(kafka.app_id, **faust_settings(config))
     # acks=False: Faust never commits this topic's offsets; engine.commits does, after each checkpoint.
     samples = app.topic(kafka.topics.samples, partitions=kafka.partitions, acks=False)
@@ -127,9 +129,18 @@ def create_app(config: VigilConfig) -> faust.App:
         await consumer.seek_wait({tp: offset})
         consumer._read_offset[tp] = offset or None  # Faust drops fetched records below this one
 
+    async def produce_in_order(topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        """Append every record in order, then await their acks together: a storm of events from one record
+        costs about one round trip per partition, not one per event."""
+        acks = [await app.producer.send(topic, key, value, None, None, None) for key, value in records]
+        await asyncio.gather(*acks)
+
     async def deliver(outcome: Outcome) -> None:
-        for key, value in outcome.events:
-            await sender.deliver("a verdict", lambda k=key, v=value: produce(kafka.topics.verdicts, k, v))  # type: ignore[misc]
+        if outcome.events:  # a failed attempt sends them all again (duplicates carry the same event ids)
+            events = outcome.events
+            await sender.deliver(
+                f"{len(events)} verdict(s)", lambda: produce_in_order(kafka.topics.verdicts, events)
+            )
         for value in outcome.deadletters:
             limit = await limits.of(kafka.topics.deadletter)
             await sender.deliver_deadletter(
