@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from river import base
@@ -640,26 +640,23 @@ class HalfSpaceTreesWindow(base.AnomalyDetector):
 AnyDetector = RobustZScore | SeasonalProfile | HalfSpaceTreesWindow
 
 
+def _level_detectors() -> dict[str, Callable[..., Detector]]:
+    """Built-in detectors made from a direction, a level half-life and a spread half-life (imported here:
+    contextual and ensemble build on this module)."""
+    from engine.contextual import ContextualTransitions
+    from engine.ensemble import Ensemble
+
+    return {
+        "zscore": RobustZScore,
+        "seasonal": SeasonalProfile,
+        "forecast": HoltForecast,
+        "contextual": ContextualTransitions,
+        "ensemble": Ensemble,
+    }
+
+
 def make_detector(rule: MetricRule, detection: DetectionConfig) -> Detector:
     """The detector a metric rule asks for, configured from the rule and the detection settings."""
-    if rule.detector == "zscore":
-        return RobustZScore(
-            direction=rule.direction,
-            half_life=detection.half_life,
-            spread_half_life=detection.spread_half_life,
-        )
-    if rule.detector == "seasonal":
-        return SeasonalProfile(
-            direction=rule.direction,
-            half_life=detection.half_life,
-            spread_half_life=detection.spread_half_life,
-        )
-    if rule.detector == "forecast":
-        return HoltForecast(
-            direction=rule.direction,
-            half_life=detection.half_life,
-            spread_half_life=detection.spread_half_life,
-        )
     if not isinstance(rule.detector, str):  # {river: ..., params: ...}
         from engine.river_detector import RiverByName
 
@@ -670,24 +667,11 @@ def make_detector(rule: MetricRule, detection: DetectionConfig) -> Detector:
             key_file=detection.checkpoint_key_file,
             half_life=detection.half_life,
         )
-    if rule.detector == "contextual":
-        from engine.contextual import ContextualTransitions
-
-        return ContextualTransitions(
-            direction=rule.direction,
-            half_life=detection.half_life,
-            spread_half_life=detection.spread_half_life,
-        )
-    if rule.detector == "ensemble":
-        from engine.ensemble import Ensemble
-
-        return Ensemble(
-            direction=rule.direction,
-            half_life=detection.half_life,
-            spread_half_life=detection.spread_half_life,
-        )
     if rule.detector == "hst":
         return HalfSpaceTreesWindow(
             direction=rule.direction, seed=detection.seed, half_life=detection.half_life
         )
-    raise ValueError(f"unknown detector {rule.detector!r}")  # pragma: no cover - Literal guards it
+    cls = _level_detectors()[rule.detector]
+    return cls(
+        direction=rule.direction, half_life=detection.half_life, spread_half_life=detection.spread_half_life
+    )
