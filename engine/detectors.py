@@ -484,9 +484,9 @@ class HalfSpaceTreesWindow(base.AnomalyDetector):
     no pickle; 10 trees of height 6 are 2,540 numbers.
 
     >>> d = HalfSpaceTreesWindow(window_size=50)
-    >>> for i in range(400):
+    >>> for i in range(400):  # the cycle 10, 11, 12, 13, 14; the last value learned is 14
     ...     d.learn_one({"x": 10.0 + (i % 5)})
-    >>> d.score_one({"x": 12.0}) < d.score_one({"x": 40.0})
+    >>> d.score_one({"x": 10.0}) < d.score_one({"x": 40.0})  # the cycle's next value, and a break of it
     True
     """
 
