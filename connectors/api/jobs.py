@@ -266,6 +266,7 @@ class Jobs:
         doc = dict(self.docs[ident])
         doc["status"], doc["reason"] = "cancelled", "cancelled by a DELETE"
         await self._write(doc)
+        await self._event(doc, "cancelled")
         return doc
 
     async def changed(self, ident: str, timeout: float) -> None:
@@ -321,7 +322,9 @@ class Jobs:
 
     async def _finish(self, ident: str, status: str, reason: str) -> None:
         self.finished[status] = self.finished.get(status, 0) + 1
-        await self._write(dict(self.docs[ident], status=status, reason=reason))
+        doc = dict(self.docs[ident], status=status, reason=reason)
+        await self._write(doc)
+        await self._event(doc, status)
 
     async def _event(self, doc: dict[str, Any], kind: str) -> None:
         assert self._producer is not None

@@ -156,6 +156,21 @@ async def test_a_failing_canary_is_judged_and_announced(server: ApiServer) -> No
     assert failed["specversion"] == "1.0"
 
 
+async def test_a_query_the_source_refuses_ends_the_job_in_error_and_says_so(server: ApiServer) -> None:
+    broken = request("errors5", pack=[], metrics=[{"name": "q", "query": "sum(rate(x{{{selector}}}[1m]"}])
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url + URL, json=broken) as r:
+            assert r.status == 201, await r.text()
+            ident = (await r.json())["id"]
+        doc = await done(session, server.url, ident)
+    assert doc["status"] == "error"
+    assert doc["verdict"] is None
+    seen = await events(server.config, {"vigil.verification.error"}, f"errors5/{ident}")
+    error = next(e for e in seen if e["type"] == "vigil.verification.error")
+    assert error["data"]["status"] == "error"
+    assert error["data"]["reason"] == doc["reason"]
+
+
 async def test_post_with_wait_s_answers_with_the_verdict(server: ApiServer) -> None:
     """A deployment tool that measures once per call (Argo's web provider): POST with a key and wait_s."""
     body = request("errors5", key="argo-1")
@@ -343,6 +358,10 @@ async def test_another_replica_answers_and_takes_over_after_a_restart(both: Vigi
             while ident in second.api.jobs.running:
                 assert time.monotonic() < deadline, "the cancelled job still runs"
                 await asyncio.sleep(0.1)
+            seen = await events(config, {"vigil.verification.cancelled"}, f"clean/{ident}")
+            cancelled = next(e for e in seen if e["type"] == "vigil.verification.cancelled")
+            assert cancelled["data"]["status"] == "cancelled"
+            assert cancelled["data"]["reason"] == "cancelled by a DELETE"
         finally:
             await second.stop()
 
