@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
@@ -12,6 +11,7 @@ from aiokafka.errors import KafkaError
 from connectors.api.routes import API, Api, make_app
 from connectors.http import listen
 from connectors.receiver.auth import ssl_context
+from connectors.signals import stopped_by_signals
 from engine.config import VigilConfig
 from engine.errors import BrokerUnavailable
 
@@ -62,19 +62,14 @@ def run_api(config: VigilConfig) -> None:
     """``vigil api``: serve until SIGINT or SIGTERM."""
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        server = ApiServer(config)
-        await server.start()
-        print(f"vigil api: listening on {server.url}", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await server.stop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        with stopped_by_signals() as stop:
+            server = ApiServer(config)
+            await server.start()
+            print(f"vigil api: listening on {server.url}", flush=True)
+            try:
+                await stop.wait()
+            finally:
+                await server.stop()
 
     try:
         asyncio.run(main())

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +45,7 @@ from connectors.metrics import MetricsServer
 from connectors.notify.anomaly import Anomaly, BadEvent, parse
 from connectors.notify.senders import AlertmanagerSender, Sender, SendFailed, make_sender
 from connectors.notify.stats import NotifyStats
+from connectors.signals import stopped_by_signals
 from engine.config import NotifierConfig, NotifyEvent, VigilConfig
 from engine.errors import BrokerUnavailable, VigilError
 from engine.health import Health, at_least
@@ -522,10 +522,7 @@ def run_notify(config: VigilConfig) -> None:
         raise VigilError("notify is empty: no notifier configured")
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        with stopped_by_signals() as stop:
+            await serve(config, stop)
 
     asyncio.run(main())

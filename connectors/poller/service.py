@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from connectors.poller.metrics import PollerStats, QueryStats, poller_registry
 from connectors.poller.state import Watermarks, state_key
 from connectors.prometheus import PrometheusClient, QueryError, Window, aligned, split
 from connectors.prometheus.watch import poll_query, services_of
+from connectors.signals import stopped_by_signals
 from engine import events
 from engine.config import QueryConfig, VigilConfig, WatchConfig
 from engine.errors import BrokerUnavailable, VigilError
@@ -410,11 +410,8 @@ def run_poller(config: VigilConfig) -> None:
         raise VigilError("poller.watches is empty: nothing to poll")
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(config, stop)
+        with stopped_by_signals() as stop:
+            await serve(config, stop)
 
     try:
         asyncio.run(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from aiohttp import web
 
@@ -13,6 +12,7 @@ from connectors.http import listen
 from connectors.receiver.auth import ssl_context
 from connectors.receiver.delivery import STOP_TIMEOUT_S
 from connectors.receiver.routes import INGEST, SERVER_OPTIONS, WRITE_PATH, Ingest, make_app
+from connectors.signals import stopped_by_signals
 from engine.config import VigilConfig
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,7 @@ def run_ingest(config: VigilConfig) -> None:
     """``vigil ingest``: run the receiver until SIGINT or SIGTERM."""
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
+        with stopped_by_signals() as stop:
             await serve(config, stop)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
     asyncio.run(main())
