@@ -54,6 +54,8 @@ def test_the_scale_bench_runs_on_apache_kafka(kafka: KafkaNode) -> None:
         "1",
         "--requests",
         "8",
+        "--backlog",
+        "60",
         "--in-flight",
         "2",
         "--bootstrap",
