@@ -39,8 +39,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from bench.common import machine  # noqa: E402
 from bench.scale import Child, Worker, bench_config, children, env_of, ready  # noqa: E402
-from connectors.broker import FETCH_WAIT_MS, EmbeddedBroker, free_port  # noqa: E402
-from connectors.kafka import compacted_topics, ensure_topics, topic_names  # noqa: E402
+from connectors.broker import EmbeddedBroker, free_port  # noqa: E402
+from connectors.kafka import (  # noqa: E402
+    FETCH_WAIT_MS,
+    compacted_topics,
+    ensure_topics,
+    topic_names,
+)
 from connectors.notify.service import Notifier  # noqa: E402
 from connectors.notify.stats import NotifyStats  # noqa: E402
 from engine.config import NotifierConfig, NotifierType, VigilConfig  # noqa: E402

@@ -37,14 +37,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-#: Tansu can leave a fetch waiting until the consumer's fetch_max_wait_ms is over although records arrived
-#: meanwhile (Apache Kafka answers at once). With Faust's 1.5 s a record waited ~0.5-0.8 s in front of a
-#: worker (measured: a dead-letter probe's round trip through a worker, p50 524 ms; with a 100 ms wait 231
-#: ms, with this one 10 ms, as on Apache Kafka with 1.5 s: 5 ms); an idle worker then costs 2.7 % of a
-#: core instead of 1 %. Consumers on the embedded broker ask with this wait.
-FETCH_WAIT_MS = 50
-
-
 def faust_quirks() -> dict[str, Any]:
     """Faust settings that a worker needs on the embedded broker (``kafka.embedded_quirks``).
 

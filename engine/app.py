@@ -16,8 +16,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 from faust.types import TP
 
-from connectors.broker import FETCH_WAIT_MS, faust_quirks
-from connectors.kafka import ensure_topics
+from connectors.broker import faust_quirks
+from connectors.kafka import FETCH_WAIT_MS, ensure_topics
 from connectors.metrics import MetricsServer, worker_registry
 from engine import faust_fixes
 from engine.bank import ModelBank

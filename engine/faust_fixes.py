@@ -22,7 +22,7 @@ log). These two matter for topics whose offsets Faust commits; ``vigil.samples``
 
 4. :func:`fetch_wait`: Faust builds its worker consumer with ``fetch_max_wait_ms=1500`` and no setting;
    on the embedded broker, which answers a fetch only when that wait is over, it is set shorter
-   (:data:`connectors.broker.FETCH_WAIT_MS`).
+   (:data:`connectors.kafka.FETCH_WAIT_MS`).
 
 Imported by ``engine.app`` only.
 """

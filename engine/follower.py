@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from connectors.kafka import fetch_wait_ms
 from engine.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ async def follow_topic(
         bootstrap_servers=kafka.bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_wait_ms(kafka.embedded_quirks),
         metadata_max_age_ms=5000,
     )
     try:

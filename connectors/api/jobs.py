@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from connectors.kafka import ensure_topics, start_producer
+from connectors.kafka import ensure_topics, fetch_wait_ms, start_producer
 from connectors.prometheus import QueryError
 from connectors.verifier import verify
 from engine.config import VigilConfig
@@ -173,6 +173,7 @@ class Jobs:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_wait_ms(k.embedded_quirks),
         )
         await consumer.start()
         try:

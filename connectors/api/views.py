@@ -25,7 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 
-from connectors.kafka import ensure_topics, start_producer
+from connectors.kafka import ensure_topics, fetch_wait_ms, start_producer
 from connectors.notify.anomaly import Anomaly, BadEvent, Skip, parse
 from engine.config import NotifyEvent, VigilConfig
 from engine.errors import BadRecord
@@ -312,6 +312,7 @@ class ViewFollower:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_wait_ms(k.embedded_quirks),
             max_partition_fetch_bytes=2 * 1024 * 1024,
         )
         try:

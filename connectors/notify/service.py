@@ -40,7 +40,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from connectors.broker import FETCH_WAIT_MS
+from connectors.kafka import fetch_wait_ms
 from connectors.metrics import MetricsServer
 from connectors.notify.anomaly import Anomaly, BadEvent, parse
 from connectors.notify.senders import AlertmanagerSender, Sender, SendFailed, make_sender
@@ -418,7 +418,7 @@ class Notifier:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_WAIT_MS if quirks else 500,
+            fetch_max_wait_ms=fetch_wait_ms(quirks),
             metadata_max_age_ms=5000,
             # a receiver that is down keeps a notifier retrying between polls, far longer than Kafka's
             # default five minutes: that must not cost it its partitions

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from connectors.kafka import ensure_topics, start_producer, topic_partitions
+from connectors.kafka import ensure_topics, fetch_wait_ms, start_producer, topic_partitions
 from connectors.metrics import MetricsServer
 from connectors.poller.metrics import PollerStats, QueryStats, poller_registry
 from connectors.poller.state import Watermarks, state_key
@@ -156,6 +156,7 @@ class Poller:
             group_id=f"{k.app_id}-poller",
             enable_auto_commit=False,
             auto_offset_reset="latest",
+            fetch_max_wait_ms=fetch_wait_ms(k.embedded_quirks),
             session_timeout_ms=session_ms,
             rebalance_timeout_ms=session_ms,
             heartbeat_interval_ms=int(p.heartbeat_interval_s * 1000),

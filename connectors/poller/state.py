@@ -16,7 +16,7 @@ import logging
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.kafka import topic_partitions
+from connectors.kafka import fetch_wait_ms, topic_partitions
 from engine.config import KafkaConfig
 from engine.samples import partition_for
 
@@ -69,7 +69,10 @@ class Watermarks:
     async def load(self, partitions: set[int] | None = None) -> dict[bytes, int]:
         """Read ``partitions`` (default: all) from the start to their end; the newest record per key wins."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._config.bootstrap_servers, group_id=None, enable_auto_commit=False
+            bootstrap_servers=self._config.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=fetch_wait_ms(self._config.embedded_quirks),
         )
         await consumer.start()
         try:
