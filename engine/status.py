@@ -30,7 +30,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 
@@ -191,8 +191,12 @@ def _number(value: Any, field: str) -> float | None:
     return float(value)
 
 
+def _is_time(value: Any) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value < _MAX_TS
+
+
 def _time(value: Any, field: str) -> int:
-    if type(value) is not int or not 0 <= value < _MAX_TS:
+    if not _is_time(value):
         raise BadRecord(f"{field} must be a non-negative integer (Unix ms)")
     return value
 
@@ -200,7 +204,7 @@ def _time(value: Any, field: str) -> int:
 def _since(value: Any) -> int | None:
     if value is None:  # not known, or a record written before the field existed
         return None
-    if type(value) is not int or not 0 <= value < _MAX_TS:
+    if not _is_time(value):
         raise BadRecord("since_ms must be null or a non-negative integer (Unix ms)")
     return value
 

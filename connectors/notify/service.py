@@ -155,9 +155,8 @@ class Notifier:
         self._queue: list[Item] = []  # immediate senders, in order
         self._groups: dict[str, Group] = {}  # grouped senders, by service
         self._open: dict[str, Item] = {}  # alertmanager: anomaly id -> the item of its latest opening
-        self._held: dict[
-            str, Item
-        ] = {}  # min_health: anomaly id -> its opening, until the service gets there
+        #: min_health: anomaly id -> its opening, until the service gets there
+        self._held: dict[str, Item] = {}
         if notifier.min_health is not None and health is None:
             raise ValueError(f"notifier {notifier.name} has min_health: it needs the services' health")
         self._health = health
@@ -267,12 +266,11 @@ class Notifier:
             self._offsets.done(tp, record.offset)
             return
         item = Item(tp, record.offset, anomaly)
-        if self.notifier.min_health is not None and not self._hold(item):
-            return
-        self._enqueue(item)
+        if self.notifier.min_health is None or self._goes_on(item):
+            self._enqueue(item)
 
-    def _hold(self, item: Item) -> bool:
-        """min_health: hold an opening (False); a resolution goes on (True) unless its opening is held,
+    def _goes_on(self, item: Item) -> bool:
+        """min_health: an opening is held (False); a resolution goes on (True) unless its opening is held,
         then both are done, unsent."""
         key = item.anomaly.anomaly_id
         if item.anomaly.kind is NotifyEvent.OPENED:
@@ -492,12 +490,13 @@ async def serve(config: VigilConfig, stop: asyncio.Event, stats: NotifyStats | N
         from connectors.api.views import ServicesView, ViewFollower
 
         view = ServicesView(config)
-        follower = ViewFollower(config, view, deadletters=False)  # the API dead-letters bad status records
+        views = ViewFollower(config, view, deadletters=False)  # the API dead-letters bad status records
 
         def health() -> dict[str, Health] | None:
-            return view.health() if follower is not None and follower.ready.is_set() else None
+            return view.health() if views.ready.is_set() else None
 
-        await follower.start()
+        await views.start()
+        follower = views
     notifiers = [Notifier(config, n, stats, health=health) for n in config.notify]
     print(f"vigil notify: {', '.join(n.name for n in notifiers)}", flush=True)
     tasks = [asyncio.create_task(_supervised(n, stop)) for n in notifiers]
